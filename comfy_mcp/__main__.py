@@ -1,0 +1,3 @@
+from comfy_mcp.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""Command line: ``comfy-mcp`` serves MCP on stdio; ``comfy-mcp generate`` makes one image.
+
+Only argument parsing lives here. Logs go to stderr: stdout is the MCP transport (and,
+for ``generate``, the list of saved files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from comfy_mcp import __version__
+from comfy_mcp.config import Settings
+from comfy_mcp.errors import ComfyError
+
+logger = logging.getLogger(__name__)
+
+_GEN_OPTIONS: tuple[tuple[str, type], ...] = (
+    ("negative_prompt", str), ("width", int), ("height", int), ("steps", int), ("cfg", float),
+    ("seed", int), ("sampler", str), ("scheduler", str), ("checkpoint", str),
+    ("batch_size", int),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-mcp", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"comfy-mcp {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("COMFY_MCP_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve MCP on stdio (the default)")
+    gen = commands.add_parser("generate", help="render one prompt and print the saved paths")
+    gen.add_argument("prompt")
+    gen.add_argument("--template", default="txt2img")
+    gen.add_argument("--wait", type=float, default=None, help="seconds to wait at most")
+    for name, kind in _GEN_OPTIONS:
+        gen.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ComfyError as exc:
+        sys.exit(f"comfy-mcp: {exc}")
+    if args.command == "generate":
+        sys.exit(anyio.run(_generate, settings, args))
+    from comfy_mcp.server import build_server
+
+    build_server(settings).run()
+
+
+async def _generate(settings: Settings, args: argparse.Namespace) -> int:
+    from comfy_mcp.formatting import generation_text
+    from comfy_mcp.service import ComfyService
+
+    params: dict[str, Any] = {"prompt": args.prompt}
+    params.update({name: getattr(args, name) for name, _ in _GEN_OPTIONS
+                   if getattr(args, name) is not None})
+
+    async def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
+
+    try:
+        async with ComfyService.open(settings) as service:
+            gen = await service.generate(args.template, params, on_progress=progress,
+                                         wait_limit=args.wait)
+    except ComfyError as exc:
+        print(f"comfy-mcp: {exc}", file=sys.stderr)
+        return 1
+    print(generation_text(gen), file=sys.stderr)
+    for item in gen.files:
+        if item.path:
+            print(item.path)
+    return 0

@@ -1,0 +1,326 @@
+"""An async HTTP client for ComfyUI's API.
+
+One method per endpoint, returning parsed JSON (or bytes for files). This is the only
+module that knows about httpx: every transport error and every unexpected reply becomes
+an error from ``comfy_mcp.errors`` here, with the URL and what to do.
+
+The WebSocket event stream lives in ``comfy_mcp.events``; job tracking in ``comfy_mcp.jobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from comfy_mcp.errors import (
+    ComfyHTTPError,
+    ComfyTimeout,
+    ComfyUnreachable,
+    NodeProblem,
+    PathRefused,
+    PromptRejected,
+    UploadTooLarge,
+)
+
+logger = logging.getLogger(__name__)
+
+_EXCERPT = 200
+_FILE_TYPES = ("output", "input", "temp")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """ComfyUI's answer to POST /prompt."""
+
+    prompt_id: str
+    number: float
+    # Outputs ComfyUI dropped while still queueing the rest (HTTP 200 with node_errors).
+    dropped: list[NodeProblem] = field(default_factory=list)
+
+
+class ComfyClient:
+    """Talks HTTP to one ComfyUI server.
+
+    ``base_url`` may carry a path prefix (a reverse proxy's ``/comfy``); every endpoint is
+    joined under it. Give ``http`` to share or inject an ``httpx.AsyncClient`` (tests pass
+    one with a mock transport); otherwise the client owns one and closes it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            headers=self.headers,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> ComfyClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def system_stats(self) -> dict[str, Any]:
+        return await self._json("GET", "/system_stats")
+
+    async def object_info(self, class_type: str | None = None) -> dict[str, Any]:
+        path = "/object_info" if class_type is None else f"/object_info/{class_type}"
+        return await self._json("GET", path)
+
+    async def models(self, folder: str) -> list[str]:
+        """File names in one model folder (``checkpoints``, ``loras``, ...)."""
+        return await self._json("GET", f"/models/{folder}")
+
+    async def model_folders(self) -> list[str]:
+        return await self._json("GET", "/models")
+
+    async def queue(self) -> dict[str, Any]:
+        return await self._json("GET", "/queue")
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of one prompt, or None while ComfyUI has none."""
+        data = await self._json("GET", f"/history/{prompt_id}")
+        entry = data.get(prompt_id) if isinstance(data, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    async def submit(
+        self, graph: Mapping[str, Any], *, prompt_id: str, client_id: str
+    ) -> Submitted:
+        """Queue an API-format graph under a prompt id we chose."""
+        body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        response = await self._send("POST", "/prompt", json=body, expect=(200, 400))
+        data = _parse_json(response)
+        if response.status_code == 400:
+            raise prompt_rejected(data, graph)
+        if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
+            raise ComfyHTTPError(
+                "POST", str(response.url), 200, _excerpt(response.text),
+                "The reply has no prompt_id; check COMFYUI_URL points at ComfyUI itself "
+                "and not at a page that redirects elsewhere",
+            )
+        dropped = node_problems(data.get("node_errors"), graph)
+        return Submitted(data["prompt_id"], data.get("number", 0), dropped)
+
+    async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        """Download one file exactly as history named it."""
+        if type not in _FILE_TYPES:
+            raise PathRefused("GET", "/view", 0, "", f"unknown file type {type!r}")
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        response = await self._send("GET", "/view", params=params)
+        return response.content
+
+    async def upload_image(
+        self, data: bytes, filename: str, *, subfolder: str = "", overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Store an image in ComfyUI's input folder; use the returned ``name``."""
+        files = {"image": (filename, data, "application/octet-stream")}
+        form = {"type": "input", "subfolder": subfolder}
+        if overwrite:
+            form["overwrite"] = "true"
+        response = await self._send("POST", "/upload/image", files=files, data=form)
+        return _parse_json(response)
+
+    async def interrupt(self, prompt_id: str) -> None:
+        """Interrupt ``prompt_id`` if it is the one running (a no-op otherwise)."""
+        await self._send("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    async def delete_pending(self, prompt_ids: list[str]) -> None:
+        """Remove pending jobs from the queue (a running job is not touched)."""
+        await self._send("POST", "/queue", json={"delete": prompt_ids})
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _parse_json(await self._send(method, path, **kwargs))
+
+    async def _send(
+        self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> httpx.Response:
+        url = self.url(path)
+        with _translate_errors(url, self.timeout):
+            response = await self._http.request(method, url, **kwargs)
+        logger.debug("%s %s -> %s", method, url, response.status_code)
+        if response.status_code not in expect:
+            raise _status_error(method, response)
+        return response
+
+
+@contextmanager
+def _translate_errors(url: str, timeout: float) -> Iterator[None]:
+    """Turn httpx's transport errors into ours, keeping the cause."""
+    try:
+        yield
+    except httpx.ConnectTimeout as exc:
+        raise ComfyUnreachable(_origin(url), "connection timed out") from exc
+    except httpx.TimeoutException as exc:
+        raise ComfyTimeout(url, timeout) from exc
+    except httpx.ConnectError as exc:
+        raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
+    except httpx.TransportError as exc:
+        raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return text[:_EXCERPT]
+
+
+def _status_error(method: str, response: httpx.Response) -> ComfyHTTPError:
+    status = response.status_code
+    url = str(response.url)
+    excerpt = _excerpt(response.text)
+    if status == 413:
+        return UploadTooLarge(
+            method, url, status, excerpt,
+            "The file is larger than ComfyUI accepts; send a smaller or compressed image, "
+            "or start ComfyUI with a larger --max-upload-size (in MB)",
+        )
+    if status in (400, 403) and "/view" in url or status == 400 and "/upload/" in url:
+        return PathRefused(method, url, status, excerpt, "ComfyUI refused the file path")
+    if status == 404 and "/view" in url:
+        return ComfyHTTPError(
+            method, url, status, excerpt,
+            "The file does not exist on the ComfyUI server (temporary previews are deleted "
+            "when ComfyUI restarts)",
+        )
+    if 300 <= status < 400:
+        where = response.headers.get("location", "?")
+        return ComfyHTTPError(
+            method, url, status, f"redirect to {where}",
+            "comfy-mcp does not follow redirects; set COMFYUI_URL to the final address",
+        )
+    if status in (502, 503, 504):
+        return ComfyHTTPError(
+            method, url, status, excerpt,
+            "A proxy in front of ComfyUI could not reach it; check that ComfyUI is running",
+        )
+    if status == 404:
+        return ComfyHTTPError(
+            method, url, status, excerpt,
+            "Check that COMFYUI_URL points at ComfyUI (including any path prefix)",
+        )
+    return ComfyHTTPError(method, url, status, excerpt)
+
+
+def _parse_json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ComfyHTTPError(
+            response.request.method, str(response.url), response.status_code,
+            _excerpt(response.text),
+            "Expected JSON; check COMFYUI_URL points at ComfyUI itself",
+        ) from None
+
+
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+def _excerpt(text: str) -> str:
+    """The first ~200 characters of a body, with HTML tags and runs of space removed."""
+    text = _SPACE.sub(" ", _TAG.sub(" ", text)).strip()
+    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "…"
+
+
+# -- POST /prompt 400 bodies ---------------------------------------------------------------
+
+
+def prompt_rejected(data: Any, graph: Mapping[str, Any]) -> PromptRejected:
+    """Describe a 400 from POST /prompt in words, node by node."""
+    if not isinstance(data, dict):
+        return PromptRejected(_excerpt(str(data)))
+    error = data.get("error")
+    if isinstance(error, str):  # very old servers: {"error": "no prompt", "node_errors": []}
+        return PromptRejected(error, node_problems(data.get("node_errors"), graph))
+    error = error if isinstance(error, dict) else {}
+    kind = error.get("type", "")
+    summary = str(error.get("message") or kind or "unknown reason")
+    if kind in ("missing_node_type", "invalid_prompt") and error.get("details"):
+        summary += f" ({error['details']})"
+    if kind == "prompt_no_outputs":
+        summary = "the workflow has no output node (add a SaveImage or PreviewImage node)"
+    return PromptRejected(summary, node_problems(data.get("node_errors"), graph))
+
+
+def node_problems(node_errors: Any, graph: Mapping[str, Any]) -> list[NodeProblem]:
+    """Flatten ComfyUI's ``node_errors`` into one NodeProblem per error."""
+    if not isinstance(node_errors, dict):
+        return []
+    problems: list[NodeProblem] = []
+    for node_id, entry in node_errors.items():
+        if not isinstance(entry, dict):
+            continue
+        node = graph.get(str(node_id))
+        title = None
+        if isinstance(node, dict):
+            title = (node.get("_meta") or {}).get("title")
+        class_type = str(entry.get("class_type", "?"))
+        for err in entry.get("errors") or []:
+            if isinstance(err, dict):
+                problems.append(_problem(str(node_id), class_type, title, err))
+    return problems
+
+
+def _problem(node_id: str, class_type: str, title: str | None, err: dict) -> NodeProblem:
+    extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+    input_name = extra.get("input_name")
+    message = str(err.get("message", "invalid"))
+    details = str(err.get("details", "") or "")
+    kind = err.get("type")
+    if kind == "value_not_in_list":
+        message = _not_in_list(extra, details)
+    elif kind in ("value_smaller_than_min", "value_bigger_than_max"):
+        message = f"{message}"
+    elif kind == "required_input_missing":
+        message = "a required input is missing"
+    elif details and details != input_name:
+        message = f"{message}: {details}"
+    return NodeProblem(node_id, class_type, message, input_name=input_name, title=title)
+
+
+def _not_in_list(extra: dict, details: str) -> str:
+    received = extra.get("received_value")
+    config = extra.get("input_config")
+    options = config[0] if isinstance(config, list) and config else None
+    if isinstance(options, list):
+        if not options:
+            return f"{received!r} is not available: this ComfyUI has no files to choose from"
+        shown = ", ".join(map(str, options[:20])) + (" …" if len(options) > 20 else "")
+        return f"{received!r} is not one of the available values: {shown}"
+    return f"value not in the list of allowed values ({details})"

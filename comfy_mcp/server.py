@@ -1,0 +1,233 @@
+"""The MCP server: tools over ``ComfyService``, one shared service per process.
+
+Tools are thin: they translate arguments, call the service, and render text and images.
+Every ``ComfyError`` becomes a ``ToolError`` so the assistant reads the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ImageContent, TextContent, ToolAnnotations
+from pydantic import Field
+
+from comfy_mcp import __version__, formatting, outputs
+from comfy_mcp.config import Settings
+from comfy_mcp.errors import ComfyError
+from comfy_mcp.service import ComfyService, Generation
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Make images with the user's ComfyUI. generate_art renders from a text prompt and returns
+previews plus the saved file paths; look at the previews before answering. If a job
+outlives the wait, call get_result with its prompt_id. Errors say what to change."""
+
+UPLOAD_LIMIT = 50 * 2**20
+
+_READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                        open_world_hint=False)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                         open_world_hint=False)
+
+Content = list[TextContent | ImageContent]
+
+
+@dataclass
+class AppState:
+    service: ComfyService
+
+
+def _service(ctx: Context) -> ComfyService:
+    return ctx.request_context.lifespan_context.service
+
+
+@asynccontextmanager
+async def _errors_as_tool_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except ComfyError as exc:
+        raise ToolError(str(exc)) from exc
+    except ValueError as exc:  # unsafe paths, undecodable images: messages say what to do
+        raise ToolError(str(exc)) from exc
+
+
+class _Progress:
+    """Turns job progress into MCP progress notifications that only ever increase."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.value = 0.0
+
+    async def __call__(self, fraction: float, message: str) -> None:
+        self.value = max(self.value, round(fraction * 100, 1))
+        await self.ctx.report_progress(self.value, 100, message)
+
+
+def generation_content(gen: Generation) -> Content:
+    content: Content = [TextContent(type="text", text=formatting.generation_text(gen))]
+    for preview in gen.previews:
+        data = base64.b64encode(preview.data).decode("ascii")
+        content.append(ImageContent(type="image", data=data, mime_type=preview.mime_type))
+    return content
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+async def generate_art(
+    ctx: Context,
+    prompt: Annotated[str, Field(description="What to draw.", min_length=1)],
+    negative_prompt: Annotated[str | None, Field(description="What to avoid.")] = None,
+    width: Annotated[int | None, Field(description="Pixels, multiple of 8.")] = None,
+    height: Annotated[int | None, Field(description="Pixels, multiple of 8.")] = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    seed: Annotated[int | None, Field(description="Omit or -1 for random.")] = None,
+    sampler: str | None = None,
+    scheduler: str | None = None,
+    checkpoint: Annotated[str | None, Field(description="Default: first listed.")] = None,
+    batch_size: int | None = None,
+    template: str = "txt2img",
+    wait_seconds: Annotated[float | None, Field(description="Max wait; then get_result.",
+                                                gt=0)] = None,
+) -> Content:
+    """Render images in ComfyUI from a prompt; returns previews and saved paths."""
+    params = {
+        "prompt": prompt, "negative_prompt": negative_prompt, "width": width,
+        "height": height, "steps": steps, "cfg": cfg, "seed": seed, "sampler": sampler,
+        "scheduler": scheduler, "checkpoint": checkpoint, "batch_size": batch_size,
+    }
+    service = _service(ctx)
+    given = {k: v for k, v in params.items() if v is not None}
+    async with _errors_as_tool_errors():
+        gen = await service.generate(template, given, on_progress=_Progress(ctx),
+                                     wait_limit=wait_seconds)
+    return generation_content(gen)
+
+
+async def get_result(
+    ctx: Context,
+    prompt_id: str,
+    wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 0,
+) -> Content:
+    """Fetch an earlier job's images by prompt_id, waiting up to wait_seconds."""
+    async with _errors_as_tool_errors():
+        gen = await _service(ctx).result(prompt_id, wait_limit=wait_seconds)
+    return generation_content(gen)
+
+
+async def cancel(ctx: Context, prompt_id: str) -> str:
+    """Cancel a job: remove it from the queue, or interrupt it if running."""
+    async with _errors_as_tool_errors():
+        outcome = await _service(ctx).cancel(prompt_id)
+    return f"{prompt_id}: {outcome}"
+
+
+async def queue_status(ctx: Context) -> str:
+    """ComfyUI's running and waiting jobs."""
+    async with _errors_as_tool_errors():
+        queue = await _service(ctx).client.queue()
+    return formatting.queue_text(queue)
+
+
+async def gpu_stats(ctx: Context) -> str:
+    """ComfyUI's devices, free VRAM and RAM, and versions."""
+    async with _errors_as_tool_errors():
+        stats = await _service(ctx).client.system_stats()
+    return formatting.system_text(stats)
+
+
+async def list_nodes(
+    ctx: Context,
+    search: Annotated[str, Field(description="Match name/category/description.")] = "",
+    category: Annotated[str, Field(description="Category prefix, e.g. 'image'.")] = "",
+    node: Annotated[str, Field(description="One class: show its inputs.")] = "",
+    limit: Annotated[int, Field(ge=1, le=500)] = 100,
+) -> str:
+    """List ComfyUI node classes, or one class's inputs, types and ranges."""
+    service = _service(ctx)
+    async with _errors_as_tool_errors():
+        if node:
+            info = await service.client.object_info(node)
+            if node not in info:
+                raise ToolError(f"ComfyUI has no node class {node!r}; use search to find one")
+            return formatting.node_detail_text(node, info[node])
+        info = await service.full_object_info()
+    return formatting.node_list_text(info, search, category, limit)
+
+
+async def list_models(
+    ctx: Context,
+    folder: Annotated[str, Field(description="checkpoints, loras, vae, upscale_models…")]
+    = "checkpoints",
+) -> str:
+    """List model files in one ComfyUI model folder."""
+    client = _service(ctx).client
+    async with _errors_as_tool_errors():
+        folders = await client.model_folders()
+        if folder not in folders:
+            raise ToolError(f"no model folder {folder!r}; folders: {', '.join(folders)}")
+        names = await client.models(folder)
+    if not names:
+        return f"No files in {folder}."
+    return f"{len(names)} in {folder}:\n" + "\n".join(names)
+
+
+async def list_templates(ctx: Context) -> str:
+    """Workflow templates for generate_art, with their parameters."""
+    library = _service(ctx).library
+    async with _errors_as_tool_errors():
+        lines = []
+        for tpl in library.all():
+            params = ", ".join(tpl.parameters)
+            lines.append(f"{tpl.name}: {tpl.description}\n  parameters: {params}")
+    return "\n".join(lines) or "No templates."
+
+
+async def upload_image(
+    ctx: Context,
+    path: Annotated[str, Field(description="Local image file to send to ComfyUI.")],
+) -> str:
+    """Upload a local image to ComfyUI's input folder; returns the name to use."""
+    service = _service(ctx)
+    async with _errors_as_tool_errors():
+        roots = [Path.cwd(), service.settings.output_dir]
+        file = outputs.check_readable_file(path, roots, max_bytes=UPLOAD_LIMIT)
+        reply = await service.upload(file.read_bytes(), file.name)
+    name = reply.get("name", file.name)
+    subfolder = reply.get("subfolder") or ""
+    value = f"{subfolder}/{name}" if subfolder else name
+    return f"Uploaded as {value!r}; use this name as a LoadImage 'image' input."
+
+
+TOOLS: list[tuple[Any, ToolAnnotations]] = [
+    (generate_art, _WRITE), (get_result, _READ), (cancel, _WRITE), (queue_status, _READ),
+    (gpu_stats, _READ), (list_nodes, _READ), (list_models, _READ), (list_templates, _READ),
+    (upload_image, _WRITE),
+]
+
+
+def build_server(settings: Settings | None = None) -> MCPServer:
+    """The MCP server, with one ComfyService opened for the server's lifetime."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
+        async with ComfyService.open(settings) as service:
+            yield AppState(service)
+
+    server = MCPServer("comfy-mcp", instructions=INSTRUCTIONS, version=__version__,
+                       lifespan=lifespan)
+    for fn, annotations in TOOLS:
+        server.add_tool(fn, annotations=annotations, structured_output=False)
+    return server

@@ -1,0 +1,276 @@
+"""The generation service: everything the MCP tools and the CLI do, with no MCP in it.
+
+``ComfyService.open(settings)`` holds the one HTTP client and the one WebSocket for the
+life of the process. ``generate`` fills a template, checks it against the server, queues
+it under our own prompt id (after the socket is open, so no event is missed), follows it
+to the end, saves the files and builds previews sized for an assistant.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from comfy_mcp import images, outputs
+from comfy_mcp.client import ComfyClient, Submitted
+from comfy_mcp.config import Settings
+from comfy_mcp.errors import ComfyError, ComfyHTTPError, PromptNotFound
+from comfy_mcp.events import EventStream
+from comfy_mcp.jobs import JobFollower, JobResult, JobWatch, OutputFile, ProgressCallback
+from comfy_mcp.validation import ObjectInfo, check_graph, resolve
+from comfy_mcp.workflows import TemplateLibrary
+
+logger = logging.getLogger(__name__)
+
+# Budget for everything we put in one tool result: Claude Desktop refuses results over
+# 1 MiB of JSON, and base64 grows bytes by 4/3.
+PREVIEW_BYTES = 600_000
+PREVIEW_TOKENS = 20_000
+_SOCKET_GRACE = 2.0
+
+
+@dataclass
+class SavedFile:
+    """An output file as ComfyUI named it and where we saved our copy."""
+
+    output: OutputFile
+    path: Path | None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Generation:
+    """Everything one finished job gives back."""
+
+    prompt_id: str
+    template: str | None
+    values: dict[str, Any]
+    files: list[SavedFile]
+    previews: list[images.Preview]
+    notes: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    cached: bool = False
+    execution_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+
+
+class ComfyService:
+    """One ComfyUI connection (HTTP + WebSocket) and the operations built on it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ComfyClient,
+        stream: EventStream | None,
+        library: TemplateLibrary | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.stream = stream
+        self.library = library or TemplateLibrary(settings.user_workflows_dir)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[ComfyService]:
+        """The service with its WebSocket kept open in the background."""
+        client = ComfyClient(settings.comfyui_url, timeout=settings.http_timeout,
+                             headers=settings.headers)
+        stream = EventStream(settings.comfyui_url, headers=settings.headers)
+        async with client, anyio.create_task_group() as tasks:
+            tasks.start_soon(stream.run)
+            try:
+                yield cls(settings, client, stream)
+            finally:
+                tasks.cancel_scope.cancel()
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        template_name: str,
+        params: Mapping[str, Any],
+        *,
+        on_progress: ProgressCallback | None = None,
+        wait_limit: float | None = None,
+    ) -> Generation:
+        """Fill a template, check it, run it, save and preview its outputs."""
+        started = time.perf_counter()
+        template = self.library.get(template_name)
+        info = await self.object_info_for({n["class_type"] for n in template.graph.values()})
+        resolved = resolve(template, params, info)
+        graph = template.fill(resolved.values)
+        check_graph(graph, info)
+        submitted, result = await self.run(graph, on_progress=on_progress,
+                                           wait_limit=wait_limit)
+        notes = resolved.notes + [f"Output dropped by ComfyUI: {p}" for p in submitted.dropped]
+        generation = await self.collect(result, template.name, resolved.values, notes)
+        generation.elapsed_seconds = time.perf_counter() - started
+        return generation
+
+    async def object_info_for(self, class_types: set[str]) -> dict[str, Any]:
+        """Node definitions of just these classes (missing ones are left out)."""
+        info: dict[str, Any] = {}
+
+        async def fetch(class_type: str) -> None:
+            data = await self.client.object_info(class_type)
+            if isinstance(data, dict) and isinstance(data.get(class_type), dict):
+                info[class_type] = data[class_type]
+
+        async with anyio.create_task_group() as tasks:
+            for class_type in class_types:
+                tasks.start_soon(fetch, class_type)
+        return info
+
+    async def run(
+        self,
+        graph: dict[str, Any],
+        *,
+        on_progress: ProgressCallback | None = None,
+        wait_limit: float | None = None,
+    ) -> tuple[Submitted, JobResult]:
+        """Queue a checked graph and follow it to its end.
+
+        If the caller is cancelled while we wait, the ComfyUI job is cancelled too.
+        """
+        prompt_id = str(uuid.uuid4())
+        watch = JobWatch(prompt_id, graph)
+        stream = self.stream
+        if stream is not None:
+            await stream.wait_connected(_SOCKET_GRACE)
+            stream.subscribe(prompt_id, watch)
+        try:
+            client_id = stream.client_id if stream else uuid.uuid4().hex
+            submitted = await self.client.submit(graph, prompt_id=prompt_id, client_id=client_id)
+            logger.info("queued prompt %s", prompt_id)
+            follower = JobFollower(self.client, stream, watch,
+                                   poll_interval=self.settings.poll_interval,
+                                   on_progress=on_progress)
+            try:
+                result = await follower.wait(wait_limit or self.settings.wait_limit)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(prompt_id)
+                raise
+            return submitted, result
+        finally:
+            if stream is not None:
+                stream.unsubscribe(prompt_id)
+
+    async def result(self, prompt_id: str, *, wait_limit: float = 0.0) -> Generation:
+        """The outputs of an earlier job, waiting up to ``wait_limit`` if it still runs."""
+        entry = await self.client.history(prompt_id)
+        queue = await self.client.queue()
+        watch = JobWatch(prompt_id, _graph_from(entry, queue, prompt_id))
+        if entry is None and not watch.graph:
+            raise PromptNotFound(prompt_id)
+        if self.stream is not None:
+            self.stream.subscribe(prompt_id, watch)
+        try:
+            follower = JobFollower(self.client, self.stream, watch,
+                                   poll_interval=self.settings.poll_interval)
+            result = await follower.wait(max(wait_limit, 0.01))
+        finally:
+            if self.stream is not None:
+                self.stream.unsubscribe(prompt_id)
+        return await self.collect(result, None, {}, [])
+
+    async def cancel(self, prompt_id: str) -> str:
+        """Remove a pending job or interrupt a running one; says which happened."""
+        queue = await self.client.queue()
+        running = [i[1] for i in queue.get("queue_running") or [] if len(i) > 1]
+        pending = [i[1] for i in queue.get("queue_pending") or [] if len(i) > 1]
+        if prompt_id in pending:
+            await self.client.delete_pending([prompt_id])
+            return "removed from the queue"
+        if prompt_id in running:
+            await self.client.interrupt(prompt_id)
+            return "interrupted"
+        if await self.client.history(prompt_id) is not None:
+            return "already finished"
+        raise PromptNotFound(prompt_id)
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    async def collect(
+        self, result: JobResult, template: str | None, values: dict[str, Any], notes: list[str]
+    ) -> Generation:
+        """Download every output, save it, and build previews of the still images."""
+        saved: list[SavedFile] = [SavedFile(f, None) for f in result.files]
+        blobs: dict[int, bytes] = {}
+
+        async def fetch(index: int) -> None:
+            blobs[index] = await self._save(saved[index], result.prompt_id)
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(len(saved)):
+                tasks.start_soon(fetch, index)
+        stills = [blobs[i] for i, s in enumerate(saved) if s.output.media == "image" and blobs[i]]
+        previews = await anyio.to_thread.run_sync(_previews, stills) if stills else []
+        return Generation(
+            result.prompt_id, template, values, saved, previews, notes, result.texts,
+            result.cached, result.execution_seconds,
+        )
+
+    async def _save(self, item: SavedFile, prompt_id: str) -> bytes:
+        out = item.output
+        try:
+            data = await self.client.view(out.filename, out.subfolder, out.type)
+            item.path = await anyio.to_thread.run_sync(
+                outputs.save_output, self.settings.output_dir, out.subfolder, out.filename, data
+            )
+        except (ComfyError, ValueError, OSError) as exc:
+            item.error = _file_error(exc, out)
+            logger.warning("could not save %s of %s: %s", out.filename, prompt_id, exc)
+            return b""
+        if out.media == "image":
+            try:
+                _, item.width, item.height = images.probe(data)
+            except ValueError:
+                pass
+        return data
+
+    async def upload(self, data: bytes, filename: str) -> dict[str, Any]:
+        """Send image bytes to ComfyUI's input folder (the bytes must decode as an image)."""
+        images.probe(data)
+        return await self.client.upload_image(data, filename)
+
+    async def checkpoints(self) -> list[str]:
+        return await self.client.models("checkpoints")
+
+    async def full_object_info(self) -> ObjectInfo:
+        return await self.client.object_info()
+
+
+def _previews(stills: list[bytes]) -> list[images.Preview]:
+    return images.fit_result(stills, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
+
+
+def _file_error(exc: Exception, out: OutputFile) -> str:
+    if isinstance(exc, ComfyHTTPError) and exc.status == 404 and out.temporary:
+        return "the temporary preview no longer exists (ComfyUI deletes temp files on restart)"
+    return str(exc)
+
+
+def _graph_from(
+    entry: Mapping[str, Any] | None, queue: Mapping[str, Any], prompt_id: str
+) -> dict[str, Any]:
+    """The submitted graph, from a history entry or a queue item (both keep it at [2])."""
+    items: list[Any] = []
+    if entry is not None:
+        items.append(entry.get("prompt"))
+    for key in ("queue_running", "queue_pending"):
+        items += [i for i in queue.get(key) or [] if len(i) > 1 and i[1] == prompt_id]
+    for item in items:
+        if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
+            return item[2]
+    return {}

@@ -1,0 +1,184 @@
+"""Workflow templates: an API-format graph plus named parameters bound to node inputs.
+
+A template file (``workflows/<name>.json``)::
+
+    {"description": "...",
+     "parameters": {"prompt": {"type": "string", "bind": ["6.text"], "description": "..."},
+                    "width": {"type": "int", "default": 512, "bind": ["5.width"]}, ...},
+     "graph": {<API-format graph, as ComfyUI's "Export (API)" writes it>}}
+
+A binding is ``"<node id>.<input>"``. Types: ``string``, ``int``, ``float``, ``seed``,
+``choice`` (options come from the live ``/object_info`` of the bound input) and ``model``
+(a file name from a model folder; the default is the first one ComfyUI lists).
+Filling a template never touches the network; validation against the server is in
+``comfy_mcp.validation``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from comfy_mcp.errors import WorkflowError
+
+logger = logging.getLogger(__name__)
+
+PARAM_TYPES = ("string", "int", "float", "seed", "choice", "model")
+
+
+@dataclass(frozen=True)
+class Binding:
+    node_id: str
+    input_name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Binding:
+        node_id, sep, input_name = str(text).partition(".")
+        if not sep or not node_id or not input_name:
+            raise WorkflowError(f"binding {text!r} must look like '<node id>.<input name>'")
+        return cls(node_id, input_name)
+
+    def __str__(self) -> str:
+        return f"{self.node_id}.{self.input_name}"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+    bindings: tuple[Binding, ...]
+    description: str = ""
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: int | None = None
+    folder: str | None = None  # for type "model"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str
+    graph: Mapping[str, Any]
+    parameters: Mapping[str, Parameter] = field(default_factory=dict)
+    source: str = ""
+
+    def fill(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the graph with each given parameter written into its inputs."""
+        graph = copy.deepcopy(dict(self.graph))
+        for name, value in values.items():
+            if value is None:
+                continue
+            for binding in self.parameters[name].bindings:
+                graph[binding.node_id]["inputs"][binding.input_name] = value
+        return graph
+
+    def bound_value(self, name: str) -> Any:
+        """The value the graph itself holds for a parameter (its first binding)."""
+        binding = self.parameters[name].bindings[0]
+        return self.graph[binding.node_id]["inputs"].get(binding.input_name)
+
+
+def load_template(path: Path | str, text: str | None = None) -> Template:
+    """Parse one template file; every problem names the file and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") if text is None else text)
+    except (OSError, ValueError) as exc:
+        raise WorkflowError(f"cannot read template {path.name}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("graph"), dict):
+        raise WorkflowError(f"template {path.name} needs a 'graph' object (API format)")
+    graph = data["graph"]
+    check_api_graph(graph, where=f"template {path.name}")
+    params = {
+        name: _parameter(name, spec, graph, path.name)
+        for name, spec in (data.get("parameters") or {}).items()
+    }
+    return Template(path.stem, str(data.get("description", "")), graph, params, str(path))
+
+
+def _parameter(name: str, spec: Any, graph: Mapping[str, Any], file: str) -> Parameter:
+    if not isinstance(spec, dict):
+        raise WorkflowError(f"{file}: parameter {name!r} must be an object")
+    kind = spec.get("type", "string")
+    if kind not in PARAM_TYPES:
+        raise WorkflowError(f"{file}: parameter {name!r} has unknown type {kind!r}")
+    bindings = tuple(Binding.parse(b) for b in spec.get("bind") or [])
+    if not bindings:
+        raise WorkflowError(f"{file}: parameter {name!r} is bound to no node input")
+    for binding in bindings:
+        if binding.node_id not in graph:
+            raise WorkflowError(f"{file}: parameter {name!r} binds missing node {binding}")
+    return Parameter(
+        name, kind, bindings, str(spec.get("description", "")), spec.get("default"),
+        spec.get("min"), spec.get("max"), spec.get("step"), spec.get("folder"),
+    )
+
+
+def check_api_graph(graph: Any, *, where: str = "the workflow") -> None:
+    """Refuse anything that is not an API-format graph, saying what it looks like instead."""
+    if not isinstance(graph, dict) or not graph:
+        raise WorkflowError(f"{where} must be a non-empty JSON object of nodes")
+    if "nodes" in graph and "links" in graph:
+        raise WorkflowError(
+            f"{where} is in ComfyUI's UI format (it has 'nodes' and 'links'). Export it "
+            "with 'Export (API)' in ComfyUI (enable dev mode options in older versions)."
+        )
+    if "prompt" in graph and isinstance(graph["prompt"], dict) and len(graph) <= 3:
+        raise WorkflowError(f"{where} is wrapped in {{'prompt': ...}}; pass the graph itself")
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"{where}: node {node_id!r} has no 'class_type'")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise WorkflowError(f"{where}: node {node_id!r} has 'inputs' that is not an object")
+        node.setdefault("inputs", {})
+
+
+class TemplateLibrary:
+    """The built-in templates plus a user folder, re-read when a file changes."""
+
+    def __init__(self, user_dir: Path | None = None) -> None:
+        self.user_dir = user_dir
+        self._cache: dict[Path, tuple[float, Template]] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._files())
+
+    def get(self, name: str) -> Template:
+        files = self._files()
+        if name not in files:
+            available = ", ".join(sorted(files)) or "none"
+            raise WorkflowError(f"no workflow template named {name!r}; available: {available}")
+        return self._load(files[name])
+
+    def all(self) -> list[Template]:
+        return [self.get(name) for name in self.names()]
+
+    def _files(self) -> dict[str, Path]:
+        files = {p.stem: p for p in _builtin_dir().glob("*.json")}
+        if self.user_dir is not None and self.user_dir.is_dir():
+            files.update({p.stem: p for p in sorted(self.user_dir.glob("*.json"))})
+        return files
+
+    def _load(self, path: Path) -> Template:
+        mtime = path.stat().st_mtime
+        cached = self._cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        template = load_template(path)
+        self._cache[path] = (mtime, template)
+        return template
+
+
+def _builtin_dir() -> Path:
+    """``workflows/`` of a source checkout, or the copy installed as package data."""
+    checkout = Path(__file__).resolve().parent.parent / "workflows"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("comfy_mcp.workflows")))

