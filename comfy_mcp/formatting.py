@@ -153,7 +153,8 @@ def node_detail_text(name: str, node: Mapping[str, Any]) -> str:
     outputs = node.get("output") or []
     names = node.get("output_name") or outputs
     if outputs:
-        lines.append("outputs: " + ", ".join(f"{n} ({t})" for n, t in zip(names, outputs)))
+        pairs = zip(names, outputs, strict=False)
+        lines.append("outputs: " + ", ".join(f"{n} ({t})" for n, t in pairs))
     if node.get("output_node"):
         lines.append("this is an output node")
     return "\n".join(lines)

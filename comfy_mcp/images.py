@@ -30,7 +30,7 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from typing import TypeVar
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -55,6 +55,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+_SizeAt = Callable[[int], tuple[int, int]]  # long edge -> (width, height)
+
 CLAUDE_MAX_EDGE = 1568
 """Long edge (px) past which Claude downsizes an image anyway."""
 
@@ -75,6 +78,10 @@ _REDUCING_GAP = 2.0
 _ALPHA_BACKGROUND = (128, 128, 128)
 _SHEET_BACKGROUND = (24, 24, 24)
 _MAX_LABEL_CHARS = 16
+
+# Formats we decode. Pillow knows more, but some are rarely used and less hardened, and
+# EPS would run Ghostscript on bytes from the server.
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # JPEG covers MPO
 
 # Errors Pillow raises while decoding broken pixel data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
@@ -202,10 +209,10 @@ def contact_sheet(
     """
     _check_positive(max_edge=max_edge, max_bytes=max_bytes, max_tokens=max_tokens)
     names = _sheet_labels(len(images), labels)
-    sizes = [probe(data)[1:] for data in images]
-    layout = _layout(sizes)
-    cell_w, cell_h, _, _, _ = _sheet_geometry(layout, max_edge)
-    bases = _decode_all(images, max_edge=max(cell_w, cell_h))
+    sizes = _each(images, lambda data: probe(data)[1:])
+    cell_w, cell_h, _, _, _ = _sheet_geometry(_layout(sizes), max_edge)
+    edge = max(cell_w, cell_h)
+    bases = _each(images, lambda data: _decode(data, max_edge=edge))
     return _sheet_preview(bases, names, max_edge, max_bytes, max_tokens)
 
 
@@ -251,7 +258,10 @@ def fit_result(
 
 def _fit_single(data: bytes, total_bytes: int, max_edge: int, max_tokens: int) -> list[Preview]:
     try:
-        return [make_preview(data, max_edge=max_edge, max_bytes=total_bytes, max_tokens=max_tokens)]
+        preview = make_preview(
+            data, max_edge=max_edge, max_bytes=total_bytes, max_tokens=max_tokens
+        )
+        return [preview]
     except PreviewBudgetError:
         logger.debug("no preview fits %d bytes / %d tokens", total_bytes, max_tokens)
         return []
@@ -260,7 +270,8 @@ def _fit_single(data: bytes, total_bytes: int, max_edge: int, max_tokens: int) -
 def _fit_many(
     images: Sequence[bytes], total_bytes: int, max_edge: int, max_tokens: int
 ) -> list[Preview]:
-    bases = _decode_all(images, max_edge=_individual_edge(len(images), max_edge))
+    edge = _individual_edge(len(images), max_edge)
+    bases = _each(images, lambda data: _decode(data, max_edge=edge))
     names = [str(number) for number in range(1, len(images) + 1)]
     try:
         sheet = _sheet_preview(bases, names, max_edge, total_bytes // 2, max_tokens // 2)
@@ -312,7 +323,7 @@ def _open(data: bytes) -> Image.Image:
     if not data:
         raise NotAnImageError("no image data: got 0 bytes; check that the file was fetched")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning arrives as an exception only when warnings are errors (as in tests);
         # otherwise it is printed and the size check below refuses the image.
@@ -323,7 +334,7 @@ def _open(data: bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise NotAnImageError(
             f"not an image Pillow can read ({len(data):,} bytes starting {data[:8]!r}); "
-            "only image outputs (PNG, JPEG, WebP, GIF...) can be previewed"
+            f"only {', '.join(_FORMATS)} images can be previewed"
         ) from exc
     _check_pixels(image)
     return image
@@ -337,9 +348,9 @@ def _check_pixels(image: Image.Image) -> None:
     if width * height > MAX_SOURCE_PIXELS:
         image.close()
         raise ImageTooLargeError(
-            f"image is {width}x{height} ({width * height:,} pixels), over the preview "
-            f"limit of {MAX_SOURCE_PIXELS:,} pixels: make it smaller in the workflow "
-            "or open the saved file directly"
+            f"image is too large to preview: {width}x{height} is {width * height:,} "
+            f"pixels, over the limit of {MAX_SOURCE_PIXELS:,}; make it smaller in the "
+            "workflow or open the saved file directly"
         )
 
 
@@ -365,14 +376,15 @@ def _decode(data: bytes, *, max_edge: int, max_tokens: int | None = None) -> _De
     return _Decoded(_flatten(frame), width, height)
 
 
-def _decode_all(images: Sequence[bytes], *, max_edge: int) -> list[_Decoded]:
-    decoded = []
+def _each(images: Sequence[bytes], action: Callable[[bytes], _T]) -> list[_T]:
+    """Apply ``action`` to every image; an error message names the image's position."""
+    results = []
     for number, data in enumerate(images, start=1):
         try:
-            decoded.append(_decode(data, max_edge=max_edge))
+            results.append(action(data))
         except ImageError as exc:
             raise type(exc)(f"image {number} of {len(images)}: {exc}") from exc
-    return decoded
+    return results
 
 
 def _load(image: Image.Image) -> None:
@@ -397,10 +409,12 @@ def _orientation(image: Image.Image) -> int:
 def _to_basic_mode(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to "L", "RGB" or "RGBA" without clipping 16-bit data."""
     mode = image.mode
+    if mode in ("L", "RGB", "P") and "transparency" in image.info:
+        return image.convert("RGBA")  # a colour key (PNG tRNS, GIF) marks clear pixels
     if mode in ("L", "RGB", "RGBA"):
         return image
     if mode == "P":
-        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+        return image.convert("RGB")
     if mode in ("LA", "La", "PA", "RGBa"):
         return image.convert("RGBA")
     if mode == "1":
@@ -446,7 +460,7 @@ def _scaled(width: int, height: int, edge: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _fit_edge(size_at: Callable[[int], tuple[int, int]], upper: int, max_tokens: int | None) -> int:
+def _fit_edge(size_at: _SizeAt, upper: int, max_tokens: int | None) -> int:
     """Largest edge in 1..upper whose size costs at most ``max_tokens`` tokens."""
     if max_tokens is None or image_tokens(*size_at(upper)) <= max_tokens:
         return upper
@@ -506,8 +520,12 @@ def _preview_of(
 
     data, image = _encode_within(render, edge, max_bytes, min(min_edge, edge))
     return Preview(
-        data, PREVIEW_MIME_TYPE, image.width, image.height,
-        decoded.source_width, decoded.source_height,
+        data,
+        PREVIEW_MIME_TYPE,
+        image.width,
+        image.height,
+        decoded.source_width,
+        decoded.source_height,
     )
 
 
@@ -555,7 +573,7 @@ def _sheet_geometry(layout: _Layout, edge: int) -> tuple[int, int, int, int, int
     by_width = (edge - (layout.cols + 1) * gap) / (layout.cols * layout.aspect)
     by_height = (edge - (layout.rows + 1) * gap) / layout.rows
     cell_h = max(1, int(min(by_width, by_height, layout.height_cap)))
-    cell_w = max(1, round(cell_h * layout.aspect))
+    cell_w = max(1, int(cell_h * layout.aspect))  # floor keeps the sheet within edge
     sheet_w = layout.cols * cell_w + (layout.cols + 1) * gap
     sheet_h = layout.rows * cell_h + (layout.rows + 1) * gap
     return cell_w, cell_h, gap, sheet_w, sheet_h
@@ -587,10 +605,12 @@ def _render_sheet(
 ) -> Image.Image:
     cell_w, cell_h, gap, sheet_w, sheet_h = _sheet_geometry(layout, edge)
     sheet = Image.new("RGB", (sheet_w, sheet_h), _SHEET_BACKGROUND)
+    font_px = max(10, min(48, cell_h // 6))
+    font = ImageFont.load_default(size=font_px)  # built in; no font file needed
     for index, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
         row, col = divmod(index, layout.cols)
         fitted = _fit_into(tile, cell_w, cell_h)
-        _draw_label(fitted, label, font_px=max(10, min(48, cell_h // 6)))
+        _draw_label(fitted, label, font, font_px)
         left = gap + col * (cell_w + gap) + (cell_w - fitted.width) // 2
         top = gap + row * (cell_h + gap) + (cell_h - fitted.height) // 2
         sheet.paste(fitted, (left, top))
@@ -604,18 +624,14 @@ def _fit_into(tile: Image.Image, width: int, height: int) -> Image.Image:
     return fitted.convert("RGB")
 
 
-def _draw_label(tile: Image.Image, label: str, *, font_px: int) -> None:
+def _draw_label(
+    tile: Image.Image, label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, px: int
+) -> None:
     """Draw ``label`` white on black in the top-left corner; the tile clips it if tiny."""
     if not label:
         return
-    font = _font(font_px)
     draw = ImageDraw.Draw(tile)
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-    pad = max(2, font_px // 4)
+    pad = max(2, px // 4)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad - top), label, font=font, fill=(255, 255, 255))
-
-
-@lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)

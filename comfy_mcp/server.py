@@ -228,6 +228,6 @@ def build_server(settings: Settings | None = None) -> MCPServer:
 
     server = MCPServer("comfy-mcp", instructions=INSTRUCTIONS, version=__version__,
                        lifespan=lifespan)
-    for fn, annotations in TOOLS:
-        server.add_tool(fn, annotations=annotations, structured_output=False)
+    for fn, hints in TOOLS:
+        server.add_tool(fn, annotations=hints, structured_output=False)
     return server

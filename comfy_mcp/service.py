@@ -252,7 +252,19 @@ class ComfyService:
 
 
 def _previews(stills: list[bytes]) -> list[images.Preview]:
-    return images.fit_result(stills, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
+    """Previews within the result budget; a broken image is left out, not fatal."""
+    usable = []
+    for data in stills:
+        try:
+            images.probe(data)
+            usable.append(data)
+        except images.ImageError as exc:
+            logger.warning("no preview for one output: %s", exc)
+    try:
+        return images.fit_result(usable, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
+    except images.ImageError as exc:  # pixel data broken past the header
+        logger.warning("no previews: %s", exc)
+        return []
 
 
 def _file_error(exc: Exception, out: OutputFile) -> str:

@@ -24,6 +24,10 @@ FP8_MIN_ELEMENTS = 1 << 16
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 VAE_PREFIX = "first_stage_model."
+# TAESD's last decoder conv makes the RGB image; with plain random weights nearly every pixel
+# clips to white. A smaller gain and a 0.5 bias give mid-tone noise that varies with the seed.
+RGB_CONV = VAE_PREFIX + "taesd_decoder.19."
+RGB_GAIN, RGB_BIAS = 0.25, 0.5
 # What comfy.model_detection.detect_unet_config would report for this UNet, plus SD15's
 # unet_extra_config (8 heads).
 UNET_CONFIG = {
@@ -93,13 +97,16 @@ def _tensors(shapes: dict[str, tuple[tuple[int, ...], str]], fp8: bool) -> dict[
     out: dict[str, object] = {}
     for key in sorted(shapes):
         shape, kind = shapes[key]
-        if kind == "zero":
+        if key == RGB_CONV + "bias":
+            tensor = torch.full(shape, RGB_BIAS)
+        elif kind == "zero":
             tensor = torch.zeros(shape)
         elif kind == "one":
             tensor = torch.ones(shape)
         else:
             std = 1.0 / math.sqrt(math.prod(shape[1:]))
-            tensor = torch.randn(shape, generator=generator) * std
+            gain = RGB_GAIN if key == RGB_CONV + "weight" else 1.0
+            tensor = torch.randn(shape, generator=generator) * (std * gain)
         large_2d = len(shape) == 2 and math.prod(shape) >= FP8_MIN_ELEMENTS
         out[key] = tensor.to(big if large_2d else torch.float16).contiguous()
     return out
@@ -119,6 +126,8 @@ def main() -> None:
 
     shapes = _shapes()
     _check_detected_as_sd15(shapes)
+    if shapes[RGB_CONV + "weight"][0] != (3, 64, 3, 3):
+        raise SystemExit(f"TAESD layout changed: {RGB_CONV}weight is not the RGB conv")
     tensors = _tensors(shapes, fp8=not args.fp16)
     metadata = {"format": "pt", "comfy_mcp": f"random SD1.5-shaped weights, seed {SEED}"}
     save_file(tensors, str(args.out), metadata=metadata)

@@ -101,7 +101,7 @@ async def test_unknown_checkpoint_refused_with_names(real_client, comfyui) -> No
     result = await real_client.call_tool("generate_art",
                                          {"prompt": "x", "checkpoint": "sdxl.safetensors"})
     assert result.is_error
-    assert f"Parameter 'checkpoint': 'sdxl.safetensors' is not available." in text_of(result)
+    assert "Parameter 'checkpoint': 'sdxl.safetensors' is not available." in text_of(result)
     assert CHECKPOINT in text_of(result)
 
 
@@ -178,12 +178,11 @@ async def test_missing_custom_node_named(comfyui, tmp_path: Path) -> None:
 
 
 async def test_comfyui_not_running(tmp_path: Path) -> None:
+    import comfyui_cpu
     from mcp import Client
 
     from comfy_mcp.config import Settings
     from comfy_mcp.server import build_server
-
-    import comfyui_cpu
 
     url = f"http://127.0.0.1:{comfyui_cpu.free_port()}"
     settings = Settings(comfyui_url=url, output_dir=tmp_path)
@@ -192,3 +191,29 @@ async def test_comfyui_not_running(tmp_path: Path) -> None:
     assert result.is_error
     assert f"ComfyUI is not reachable at {url} (connection refused)" in text_of(result)
     assert "COMFYUI_URL" in text_of(result)
+
+
+async def test_tools_over_real_stdio(comfyui, tmp_path: Path) -> None:
+    """comfy-mcp as a subprocess speaking MCP on stdio, as Claude Code starts it."""
+    import os
+    import sys
+
+    from mcp import Client, StdioServerParameters
+
+    Image.new("RGB", (16, 16), "teal").save(tmp_path / "in.png")
+    env = dict(os.environ, COMFYUI_URL=comfyui.url, COMFY_MCP_OUTPUT_DIR=str(tmp_path / "out"))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "comfy_mcp"], env=env,
+                                   cwd=str(tmp_path))
+    async with Client(params) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"generate_art", "queue_status", "gpu_stats", "list_nodes",
+                "upload_image"} <= names
+        result = await client.call_tool("generate_art", {"prompt": "stdio", **TINY})
+        assert not result.is_error, text_of(result)
+        [path] = saved_paths(result)
+        assert Image.open(path).size == (64, 64) and len(images_of(result)) == 1
+        for tool, args in [("queue_status", {}), ("gpu_stats", {}),
+                           ("list_nodes", {"node": "SaveImage"}),
+                           ("upload_image", {"path": "in.png"})]:
+            answer = await client.call_tool(tool, args)
+            assert not answer.is_error, (tool, text_of(answer))
