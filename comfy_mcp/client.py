@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,11 +194,17 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
+    """The root cause of a transport error in a few words."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host name not found"
+        cause = cause.__cause__ or cause.__context__
     text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return "connection refused"
-    return text[:_EXCERPT]
+    return "connection refused" if "refused" in text.lower() else text[:_EXCERPT]
 
 
 def _status_error(method: str, response: httpx.Response) -> ComfyHTTPError:

@@ -81,10 +81,13 @@ class EventStream:
         backoff = 0.5
         while True:
             try:
-                async with self._open() as socket:
+                socket = await self._open()
+                try:
                     backoff = 0.5
                     self._set_connected(True)
                     await self._read(socket)
+                finally:
+                    await _close(socket)
                 logger.info("ComfyUI WebSocket closed; reconnecting")
             except (OSError, WebSocketException, TimeoutError) as exc:
                 logger.info("ComfyUI WebSocket unavailable (%s); following jobs by polling", exc)
@@ -93,8 +96,8 @@ class EventStream:
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    def _open(self) -> Any:
-        return connect(
+    async def _open(self) -> ClientConnection:
+        return await connect(
             self.url,
             additional_headers=self._headers or None,
             open_timeout=self._open_timeout,
@@ -137,3 +140,10 @@ class EventStream:
             self._connected = anyio.Event()
         for subscriber in list(self._subscribers.values()):
             subscriber.connection_changed(connected)
+
+
+async def _close(socket: ClientConnection) -> None:
+    """Close the socket even when our task is being cancelled (no leaked transport)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        await socket.close()
+    socket.transport.abort()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,9 +126,7 @@ class ComfyService:
             if isinstance(data, dict) and isinstance(data.get(class_type), dict):
                 info[class_type] = data[class_type]
 
-        async with anyio.create_task_group() as tasks:
-            for class_type in class_types:
-                tasks.start_soon(fetch, class_type)
+        await concurrently(fetch(class_type) for class_type in class_types)
         return info
 
     async def run(
@@ -211,9 +209,7 @@ class ComfyService:
         async def fetch(index: int) -> None:
             blobs[index] = await self._save(saved[index], result.prompt_id)
 
-        async with anyio.create_task_group() as tasks:
-            for index in range(len(saved)):
-                tasks.start_soon(fetch, index)
+        await concurrently(fetch(index) for index in range(len(saved)))
         stills = [blobs[i] for i, s in enumerate(saved) if s.output.media == "image" and blobs[i]]
         previews = await anyio.to_thread.run_sync(_previews, stills) if stills else []
         return Generation(
@@ -249,6 +245,33 @@ class ComfyService:
 
     async def full_object_info(self) -> ObjectInfo:
         return await self.client.object_info()
+
+
+async def concurrently(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Await coroutines at once; a failure is re-raised as itself, not as a group."""
+    async def run(coroutine: Coroutine[Any, Any, None]) -> None:
+        await coroutine
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for coroutine in coroutines:
+                tasks.start_soon(run, coroutine)
+    except BaseExceptionGroup as group:
+        first = _first_error(group)
+        if first is None:
+            raise
+        raise first from group
+
+
+def _first_error(group: BaseExceptionGroup) -> Exception | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_error(exc)
+            if found is not None:
+                return found
+        elif isinstance(exc, Exception):
+            return exc
+    return None
 
 
 def _previews(stills: list[bytes]) -> list[images.Preview]:
