@@ -22,6 +22,7 @@ ComfyError
             OutOfMemory         ... and the error was running out of (V)RAM
         JobInterrupted          someone interrupted or cancelled the job
         JobLost                 the job vanished from queue and history (ComfyUI restarted)
+        ContactLost             ComfyUI stopped answering while we followed the job
         NoOutputs               the job finished but produced no outputs
 """
 
@@ -245,6 +246,18 @@ class JobLost(JobError):
             prompt_id,
             "The job was lost: it is no longer in ComfyUI's queue or history, which happens "
             "when ComfyUI restarts mid-job or someone clears the queue. Generate it again",
+        )
+
+
+class ContactLost(JobError):
+    """Raised when ComfyUI stopped answering while we followed a job, until the wait ended."""
+
+    def __init__(self, prompt_id: str, cause: Exception) -> None:
+        self.cause = cause
+        super().__init__(
+            prompt_id,
+            f"Lost contact with ComfyUI while following the job ({cause}). When ComfyUI "
+            "answers again, get_result with this prompt id tells whether the job survived",
         )
 
 

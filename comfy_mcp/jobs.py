@@ -24,6 +24,11 @@ import anyio
 
 from comfy_mcp.client import ComfyClient
 from comfy_mcp.errors import (
+    ComfyError,
+    ComfyHTTPError,
+    ComfyTimeout,
+    ComfyUnreachable,
+    ContactLost,
     JobFailed,
     JobInterrupted,
     JobLost,
@@ -38,6 +43,8 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[float, str], Awaitable[None]]
 
 _HISTORY_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+# Failures a poll survives: ComfyUI restarting, a proxy blip, a slow answer.
+_TRANSIENT = (ComfyUnreachable, ComfyTimeout, ComfyHTTPError)
 _WS_SAFETY_POLL = 5.0
 _VIDEO = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 _AUDIO = (".flac", ".mp3", ".wav", ".ogg", ".opus", ".m4a")
@@ -86,6 +93,8 @@ class JobWatch:
         self.node: str | None = None
         self.step: tuple[int, int] | None = None
         self.queue_changed = False
+        self.cancelled = False  # set when comfy-mcp itself cancelled the job
+        self.resync = False  # the socket dropped or came back: poll at once
 
     def deliver(self, kind: str, data: Mapping[str, Any]) -> None:
         handler = getattr(self, f"_on_{kind}", None)
@@ -94,6 +103,8 @@ class JobWatch:
             self.changed.set()
 
     def connection_changed(self, connected: bool) -> None:
+        # Events sent while the socket was down are lost for good: look at history now.
+        self.resync = True
         self.changed.set()
 
     def _on_status(self, data: Mapping[str, Any]) -> None:
@@ -160,7 +171,13 @@ class JobWatch:
 
 
 class JobFollower:
-    """Waits for one submitted job and returns its result, or raises why there is none."""
+    """Waits for one submitted job and returns its result, or raises why there is none.
+
+    Events wake the follower at once; a poll of ``/queue`` + ``/history`` runs on its own
+    clock (fast while the socket is down, every few seconds as a safety net while it is
+    up), so a stream of other users' events can never starve it. A poll that cannot reach
+    ComfyUI is retried: a proxy blip or a restart does not end the wait by itself.
+    """
 
     def __init__(
         self,
@@ -179,45 +196,42 @@ class JobFollower:
         self._last_report: tuple[float, str] | None = None
         self._missing = 0
         self._poll_delay = 0.1
+        self._unreachable: ComfyError | None = None
 
     async def wait(self, wait_limit: float) -> JobResult:
         deadline = anyio.current_time() + wait_limit
+        next_poll = anyio.current_time() + self._poll_pause()
         watch = self.watch
         while True:
             if watch.done or watch.ended:
                 return await self._finish()
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                state = "running" if watch.started else "queued"
-                raise JobStillRunning(watch.prompt_id, wait_limit, state)
-            signalled = False
-            with anyio.move_on_after(min(self._next_poll_in(), remaining)):
-                await watch.changed.wait()
-                signalled = True
-            watch.changed = anyio.Event()
-            if signalled:
-                await self._report_queue_or_progress()
-            else:
+            now = anyio.current_time()
+            if now >= deadline:
+                raise self._expired(wait_limit)
+            if now >= next_poll or watch.resync or watch.queue_changed and not watch.started:
+                watch.queue_changed = watch.resync = False
                 result = await self._poll()
                 if result is not None:
                     return result
+                next_poll = anyio.current_time() + self._poll_pause()
+                continue
+            with anyio.move_on_after(min(next_poll, deadline) - now):
+                await watch.changed.wait()
+            watch.changed = anyio.Event()
+            await self._report(watch.fraction(), watch.describe())
 
-    def _next_poll_in(self) -> float:
-        if self.stream is not None and self.stream.connected:
+    def _poll_pause(self) -> float:
+        if self.stream is not None and self.stream.connected and self._unreachable is None:
             return _WS_SAFETY_POLL
         delay = self._poll_delay
         self._poll_delay = min(self._poll_delay * 2, self.poll_interval)
         return delay
 
-    async def _report_queue_or_progress(self) -> None:
-        watch = self.watch
-        if watch.queue_changed and not watch.started:
-            watch.queue_changed = False
-            position = await self._queue_position()
-            if position:
-                await self._report(0.0, f"queued, position {position[0]} of {position[1]}")
-            return
-        await self._report(watch.fraction(), watch.describe())
+    def _expired(self, wait_limit: float) -> Exception:
+        if self._unreachable is not None:
+            return ContactLost(self.watch.prompt_id, self._unreachable)
+        state = "running" if self.watch.started else "queued"
+        return JobStillRunning(self.watch.prompt_id, wait_limit, state)
 
     async def _report(self, fraction: float, message: str) -> None:
         if self.on_progress is None or (fraction, message) == self._last_report:
@@ -225,32 +239,30 @@ class JobFollower:
         self._last_report = (fraction, message)
         await self.on_progress(fraction, message)
 
-    async def _queue_position(self) -> tuple[int, int] | None:
-        """(position, pending count) of our job among pending jobs, or None if not pending."""
-        queue = await self.client.queue()
-        pending = sorted(
-            (item for item in queue.get("queue_pending") or [] if _is_item(item)),
-            key=lambda item: (item[0], item[1]),
-        )
-        running = len(queue.get("queue_running") or [])
-        for index, item in enumerate(pending):
-            if item[1] == self.watch.prompt_id:
-                return index + 1 + running, len(pending) + running
-        return None
-
     async def _poll(self) -> JobResult | None:
         """One polling round: queue first, then history (see module docstring)."""
-        queue = await self.client.queue()
-        entry = await self.client.history(self.watch.prompt_id)
+        try:
+            queue = await self.client.queue()
+            entry = await self.client.history(self.watch.prompt_id)
+        except _TRANSIENT as exc:
+            if self._unreachable is None:
+                logger.warning("lost contact with ComfyUI while following %s: %s",
+                               self.watch.prompt_id, exc)
+            self._unreachable = exc
+            return None
+        self._unreachable = None
         if entry is not None and _entry_finished(entry):
             return result_from_history(self.watch, entry)
-        if _queue_has(queue, self.watch.prompt_id):
+        position = _queue_position(queue, self.watch.prompt_id)
+        if position is not None:
             self._missing = 0
-            await self._report_queue_or_progress()
+            if not self.watch.started and position[0]:
+                await self._report(0.0, f"queued, position {position[0]} of {position[1]}")
             return None
         self._missing += 1
-        if self._missing >= 2:
-            raise JobLost(self.watch.prompt_id)
+        if self._missing >= 2 or self.watch.cancelled:
+            raise JobInterrupted(self.watch.prompt_id) if self.watch.cancelled else JobLost(
+                self.watch.prompt_id)
         return None
 
     async def _finish(self) -> JobResult:
@@ -261,28 +273,42 @@ class JobFollower:
                 while not watch.done:
                     await watch.changed.wait()
                     watch.changed = anyio.Event()
-        entry = await self.client.history(watch.prompt_id)
-        for delay in _HISTORY_RETRIES:
-            if entry is not None and _entry_finished(entry):
-                break
-            await anyio.sleep(delay)
-            entry = await self.client.history(watch.prompt_id)
+        entry = await self._history_retrying()
         if entry is None:
             logger.warning("no history for %s after completion; using WS data", watch.prompt_id)
             entry = _entry_from_events(watch)
         return result_from_history(watch, entry)
 
+    async def _history_retrying(self) -> dict[str, Any] | None:
+        """History right after a completion signal: briefly empty (race) or unreachable."""
+        entry = None
+        for delay in (0.0, *_HISTORY_RETRIES):
+            await anyio.sleep(delay)
+            try:
+                entry = await self.client.history(self.watch.prompt_id)
+            except _TRANSIENT as exc:
+                logger.info("history of %s not readable yet: %s", self.watch.prompt_id, exc)
+                continue
+            if entry is not None and _entry_finished(entry):
+                return entry
+        return entry
+
+
+def _queue_position(queue: Mapping[str, Any], prompt_id: str) -> tuple[int, int] | None:
+    """(position, jobs ahead + ours) with 0 meaning running; None when not queued."""
+    running = [i for i in queue.get("queue_running") or [] if _is_item(i)]
+    if any(item[1] == prompt_id for item in running):
+        return 0, len(running)
+    pending = sorted((i for i in queue.get("queue_pending") or [] if _is_item(i)),
+                     key=lambda item: (item[0], item[1]))
+    for index, item in enumerate(pending):
+        if item[1] == prompt_id:
+            return index + 1 + len(running), len(pending) + len(running)
+    return None
+
 
 def _is_item(item: Any) -> bool:
     return isinstance(item, list) and len(item) >= 2
-
-
-def _queue_has(queue: Mapping[str, Any], prompt_id: str) -> bool:
-    for key in ("queue_running", "queue_pending"):
-        for item in queue.get(key) or []:
-            if _is_item(item) and item[1] == prompt_id:
-                return True
-    return False
 
 
 def _entry_finished(entry: Mapping[str, Any]) -> bool:

@@ -22,7 +22,13 @@ import anyio
 from comfy_mcp import images, outputs
 from comfy_mcp.client import ComfyClient, Submitted
 from comfy_mcp.config import Settings
-from comfy_mcp.errors import ComfyError, ComfyHTTPError, PromptNotFound
+from comfy_mcp.errors import (
+    ComfyError,
+    ComfyHTTPError,
+    ComfyTimeout,
+    ComfyUnreachable,
+    PromptNotFound,
+)
 from comfy_mcp.events import EventStream
 from comfy_mcp.jobs import JobFollower, JobResult, JobWatch, OutputFile, ProgressCallback
 from comfy_mcp.validation import ObjectInfo, check_graph, resolve
@@ -78,6 +84,7 @@ class ComfyService:
         self.client = client
         self.stream = stream
         self.library = library or TemplateLibrary(settings.user_workflows_dir)
+        self._watches: dict[str, JobWatch] = {}  # jobs this process is following
 
     @classmethod
     @asynccontextmanager
@@ -138,31 +145,61 @@ class ComfyService:
     ) -> tuple[Submitted, JobResult]:
         """Queue a checked graph and follow it to its end.
 
-        If the caller is cancelled while we wait, the ComfyUI job is cancelled too.
+        If the caller is cancelled at any point, even while POST /prompt is in flight, the
+        ComfyUI job is cancelled too: the prompt id is ours, so we can name it either way.
         """
         prompt_id = str(uuid.uuid4())
         watch = JobWatch(prompt_id, graph)
-        stream = self.stream
-        if stream is not None:
-            await stream.wait_connected(_SOCKET_GRACE)
-            stream.subscribe(prompt_id, watch)
+        self._watches[prompt_id] = watch
+        if self.stream is not None:
+            await self.stream.wait_connected(_SOCKET_GRACE)
+            self.stream.subscribe(prompt_id, watch)
         try:
-            client_id = stream.client_id if stream else uuid.uuid4().hex
-            submitted = await self.client.submit(graph, prompt_id=prompt_id, client_id=client_id)
-            logger.info("queued prompt %s", prompt_id)
-            follower = JobFollower(self.client, stream, watch,
+            submitted = await self._submit(graph, prompt_id)
+            follower = JobFollower(self.client, self.stream, watch,
                                    poll_interval=self.settings.poll_interval,
                                    on_progress=on_progress)
-            try:
-                result = await follower.wait(wait_limit or self.settings.wait_limit)
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    await self.cancel(prompt_id)
-                raise
-            return submitted, result
+            return submitted, await follower.wait(wait_limit or self.settings.wait_limit)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._cancel_quietly(prompt_id)
+            raise
         finally:
-            if stream is not None:
-                stream.unsubscribe(prompt_id)
+            self._watches.pop(prompt_id, None)
+            if self.stream is not None:
+                self.stream.unsubscribe(prompt_id)
+
+    async def _submit(self, graph: dict[str, Any], prompt_id: str) -> Submitted:
+        """POST /prompt; if the answer is lost, ask whether the job got queued anyway."""
+        client_id = self.stream.client_id if self.stream else uuid.uuid4().hex
+        try:
+            submitted = await self.client.submit(graph, prompt_id=prompt_id, client_id=client_id)
+        except (ComfyTimeout, ComfyUnreachable) as exc:
+            if isinstance(exc, ComfyUnreachable) and "refused" in exc.reason:
+                raise  # nothing listens: it cannot have been queued
+            if not await self._known(prompt_id):
+                raise
+            logger.warning("POST /prompt for %s failed (%s) but the job is queued", prompt_id, exc)
+            submitted = Submitted(prompt_id, 0)
+        logger.info("queued prompt %s", prompt_id)
+        return submitted
+
+    async def _known(self, prompt_id: str) -> bool:
+        try:
+            queue = await self.client.queue()
+            in_queue = any(len(item) > 1 and item[1] == prompt_id
+                           for key in ("queue_running", "queue_pending")
+                           for item in queue.get(key) or [])
+            return in_queue or await self.client.history(prompt_id) is not None
+        except ComfyError:
+            return False
+
+    async def _cancel_quietly(self, prompt_id: str) -> None:
+        try:
+            outcome = await self.cancel(prompt_id)
+            logger.info("caller cancelled; ComfyUI job %s %s", prompt_id, outcome)
+        except ComfyError as exc:
+            logger.info("caller cancelled; could not cancel ComfyUI job %s: %s", prompt_id, exc)
 
     async def result(self, prompt_id: str, *, wait_limit: float = 0.0) -> Generation:
         """The outputs of an earlier job, waiting up to ``wait_limit`` if it still runs."""
@@ -187,6 +224,10 @@ class ComfyService:
         queue = await self.client.queue()
         running = [i[1] for i in queue.get("queue_running") or [] if len(i) > 1]
         pending = [i[1] for i in queue.get("queue_pending") or [] if len(i) > 1]
+        watch = self._watches.get(prompt_id)
+        if watch is not None and (prompt_id in pending or prompt_id in running):
+            watch.cancelled = True
+            watch.changed.set()
         if prompt_id in pending:
             await self.client.delete_pending([prompt_id])
             return "removed from the queue"

