@@ -93,12 +93,19 @@ class ComfyService:
         client = ComfyClient(settings.comfyui_url, timeout=settings.http_timeout,
                              headers=settings.headers)
         stream = EventStream(settings.comfyui_url, headers=settings.headers)
-        async with client, anyio.create_task_group() as tasks:
-            tasks.start_soon(stream.run)
+        async with client:
             try:
-                yield cls(settings, client, stream)
-            finally:
-                tasks.cancel_scope.cancel()
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(stream.run)
+                    try:
+                        yield cls(settings, client, stream)
+                    finally:
+                        tasks.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # the caller's own error, not a group
+                first = _first_error(group)
+                if first is None:
+                    raise
+                raise first from None
 
     # -- generation ------------------------------------------------------------------------
 

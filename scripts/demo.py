@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfyui_cpu  # noqa: E402
 
 DEFAULT_URL = "http://127.0.0.1:8188"
-TINY = {"width": 256, "height": 256, "steps": 4, "checkpoint": "tiny-sd15-random.safetensors"}
+TINY = {"width": 128, "height": 128, "steps": 2, "checkpoint": "tiny-sd15-random.safetensors"}
 
 
 def answers(url: str) -> bool:

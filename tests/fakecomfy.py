@@ -216,7 +216,7 @@ class Script:
     refuse_ws: bool = False  # answer WebSocket upgrades with 403
     silent_ws: bool = False  # sockets get their first status frame, then nothing
     lose_targeted: bool = False  # B05: per-prompt events never reach a socket
-    drop_ws_after: str | None = None  # abort the submitter's socket after this event
+    drop_ws_after: str | None = None  # abort the submitter's socket after this event (once)
     failure: Failure | None = None  # execution_error when this node runs
     interrupt_at: str | None = None  # execution_interrupted when this node starts
     invalid: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> error
@@ -500,6 +500,7 @@ class FakeComfy:
         self.events: dict[str, list[tuple[str, dict]]] = {}  # prompt id -> events it sent
         self._faults: list[_FaultRule] = []
         self._node_errors: dict[str, dict[str, Any]] = {}  # prompt id -> its 200 node_errors
+        self._dropped: set[str] = set()  # prompt ids whose socket drop_ws_after dropped
         self._sockets: list[_Socket] = []
         self._change = anyio.Event()
         self._run_scope: anyio.CancelScope | None = None
@@ -952,7 +953,8 @@ class FakeComfy:
         if not self.script.lose_targeted:
             for sock in target:
                 await sock.send(kind, data)
-        if self.script.drop_ws_after == kind:
+        if self.script.drop_ws_after == kind and job.prompt_id not in self._dropped:
+            self._dropped.add(job.prompt_id)  # once per job: a reconnected socket stays
             for sock in target:
                 self._drop(sock)
 

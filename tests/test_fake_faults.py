@@ -4,7 +4,6 @@ shared/field-cases.md, each driven over real HTTP and WebSocket on 127.0.0.1.
 A few tests shorten comfy_mcp's private waits with monkeypatch, to stay fast:
 ``jobs._WS_SAFETY_POLL`` (5 s: how often a job is polled while the socket is open) and
 ``service._SOCKET_GRACE`` (2 s: how long each run waits for a socket that never opens).
-Tests marked xfail(strict) pin bugs in comfy_mcp; each reason says what goes wrong.
 """
 
 from __future__ import annotations
@@ -304,9 +303,9 @@ async def test_b08_silent_socket_completes_by_polling(
 
 
 async def test_b08_socket_drops_mid_job(fake: FakeComfy, service: ComfyService) -> None:
-    fake.script.drop_ws_after = "progress"
-    fake.script.duration = 1.0
-    fake.script.steps = 5
+    fake.script.drop_ws_after = "progress"  # at 0.2 s; the stream is back at about 0.7 s
+    fake.script.duration = 1.2
+    fake.script.steps = 6
     generation = await generate(service)
     assert_saved_as_served(fake, generation)
     assert service.stream is not None and service.stream.connections == 2
@@ -349,7 +348,7 @@ async def test_restart_mid_job_is_lost(fake: FakeComfy, service: ComfyService) -
         tasks.start_soon(restart)
         with pytest.raises(JobLost) as info:
             await generate(service, wait_limit=4)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 3.0
     assert fake.started and info.value.prompt_id == fake.started[0]
     assert fake.started[0] in str(info.value)
 

@@ -229,3 +229,34 @@ async def test_tools_over_real_stdio(comfyui, tmp_path: Path) -> None:
                            ("upload_image", {"path": "in.png"})]:
             answer = await client.call_tool(tool, args)
             assert not answer.is_error, (tool, text_of(answer))
+
+
+async def test_cli_generate_prints_saved_path(comfyui, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, COMFYUI_URL=comfyui.url, COMFY_MCP_OUTPUT_DIR=str(tmp_path))
+    args = [sys.executable, "-m", "comfy_mcp", "generate", "a red fox", "--width", "64",
+            "--height", "64", "--steps", "1", "--seed", "5", "--checkpoint", CHECKPOINT]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert Path(line).is_relative_to(tmp_path) and size_of(Path(line)) == (64, 64)
+    assert "seed: 5" in done.stderr
+
+
+async def test_cli_generate_unreachable_exits_nonzero(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import comfyui_cpu
+
+    url = f"http://127.0.0.1:{comfyui_cpu.free_port()}"
+    env = dict(os.environ, COMFYUI_URL=url, COMFY_MCP_OUTPUT_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "comfy_mcp", "generate", "x"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"ComfyUI is not reachable at {url}" in done.stderr
+    assert "Traceback" not in done.stderr
