@@ -33,7 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"comfy-mcp {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("COMFY_MCP_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="serve MCP on stdio (the default)")
+    serve = commands.add_parser("serve", help="serve MCP on stdio (the default) or HTTP")
+    serve.add_argument("--http", action="store_true",
+                       help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    serve.add_argument("--host", default=None,
+                       help="address to listen on with --http (default 127.0.0.1); any "
+                       "other address needs COMFY_MCP_HTTP_TOKEN")
+    serve.add_argument("--port", type=_port, default=None,
+                       help="port to listen on with --http (default 8765)")
     gen = commands.add_parser("generate", help="render one prompt and print the saved paths")
     gen.add_argument("prompt")
     gen.add_argument("--template", default="txt2img")
@@ -57,7 +64,45 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(anyio.run(_generate, settings, args))
     from comfy_mcp.server import build_server
 
+    if args.command == "serve" and args.http:
+        sys.exit(_serve_http(settings, args))
+    if args.command == "serve" and (args.host or args.port is not None):
+        sys.exit("comfy-mcp: --host and --port only apply with --http")
     build_server(settings).run()
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+def _serve_http(settings: Settings, args: argparse.Namespace) -> int | str:
+    """Check the exposure first (nothing is bound without a required token), then serve."""
+    from functools import partial
+
+    from comfy_mcp import http_transport
+    from comfy_mcp.server import build_server
+
+    host = args.host or http_transport.DEFAULT_HOST
+    port = http_transport.DEFAULT_PORT if args.port is None else args.port
+    try:
+        token = http_transport.check_exposure(host, os.environ)
+        sock = http_transport.bind(host, port)
+    except ComfyError as exc:
+        return f"comfy-mcp: {exc}"
+    except OSError as exc:
+        return f"comfy-mcp: cannot listen on {host}:{port} ({exc.strerror or exc})"
+    # Room for a base64 upload_image of the largest allowed size, plus the JSON around it.
+    max_body = settings.upload_max_bytes * 4 // 3 + 2**20
+    serve = partial(http_transport.serve_http, build_server(settings), host=host, port=port,
+                    token=token, max_body_bytes=max_body, sock=sock)
+    anyio.run(serve)
+    return 0
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:

@@ -226,10 +226,10 @@ def _status_error(method: str, response: httpx.Response) -> ComfyHTTPError:
             "when ComfyUI restarts)",
         )
     if 300 <= status < 400:
-        where = response.headers.get("location", "?")
         return ComfyHTTPError(
-            method, url, status, f"redirect to {where}",
-            "comfy-mcp does not follow redirects; set COMFYUI_URL to the final address",
+            method, url, status, f"redirect to {_redirect_origin(response)}",
+            "comfy-mcp does not follow redirects (credentials must not reach another "
+            "host); set COMFYUI_URL to the final address",
         )
     if status in (502, 503, 504):
         return ComfyHTTPError(
@@ -242,6 +242,28 @@ def _status_error(method: str, response: httpx.Response) -> ComfyHTTPError:
             "Check that COMFYUI_URL points at ComfyUI (including any path prefix)",
         )
     return ComfyHTTPError(method, url, status, excerpt)
+
+
+def _redirect_origin(response: httpx.Response) -> str:
+    """Where a redirect points, as scheme://host[:port] only.
+
+    The path and query of a Location can carry tokens (single sign-on pages do), and a
+    login can sit before the host: none of that goes into a message.
+    """
+    location = response.headers.get("location")
+    if not location:
+        return "an address it did not give"
+    try:
+        target = httpx.URL(str(response.url)).join(location)
+        host = target.host
+    except (httpx.InvalidURL, ValueError):
+        return "an address that is not a valid URL"
+    if not target.scheme or not host:
+        return "an address that is not a valid URL"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{target.port}" if target.port is not None else ""
+    return f"{target.scheme}://{host}{port}"
 
 
 def _parse_json(response: httpx.Response) -> Any:

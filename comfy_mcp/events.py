@@ -54,7 +54,7 @@ class EventStream:
         self.url = websocket_url(base_url, self.client_id)
         self._headers = dict(headers or {})
         self._open_timeout = open_timeout
-        self._subscribers: dict[str, Subscriber] = {}
+        self._subscribers: dict[str, list[Subscriber]] = {}
         self._connected = anyio.Event()
         self._is_connected = False
         self.connections = 0  # how many times a socket was opened (for tests and benches)
@@ -65,10 +65,17 @@ class EventStream:
         return self._is_connected
 
     def subscribe(self, prompt_id: str, subscriber: Subscriber) -> None:
-        self._subscribers[prompt_id] = subscriber
+        self._subscribers.setdefault(prompt_id, []).append(subscriber)
 
-    def unsubscribe(self, prompt_id: str) -> None:
-        self._subscribers.pop(prompt_id, None)
+    def unsubscribe(self, prompt_id: str, subscriber: Subscriber) -> None:
+        listeners = self._subscribers.get(prompt_id, [])
+        if subscriber in listeners:
+            listeners.remove(subscriber)
+        if not listeners:
+            self._subscribers.pop(prompt_id, None)
+
+    def _all(self) -> list[Subscriber]:
+        return [s for listeners in self._subscribers.values() for s in listeners]
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the socket; True if it is open."""
@@ -97,13 +104,14 @@ class EventStream:
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _open(self) -> ClientConnection:
-        return await connect(
+        return await _NoRedirectConnect(
             self.url,
             additional_headers=self._headers or None,
             open_timeout=self._open_timeout,
             proxy=None,
             max_size=64 * 2**20,
             user_agent_header="comfy-mcp",
+            logger=_HANDSHAKE_LOGGER,
         )
 
     async def _read(self, socket: ClientConnection) -> None:
@@ -123,10 +131,11 @@ class EventStream:
             return
         prompt_id = data.get("prompt_id")
         if kind == "status":
-            for subscriber in list(self._subscribers.values()):
+            for subscriber in self._all():
                 subscriber.deliver(kind, data)
         elif isinstance(prompt_id, str) and prompt_id in self._subscribers:
-            self._subscribers[prompt_id].deliver(kind, data)
+            for subscriber in list(self._subscribers[prompt_id]):
+                subscriber.deliver(kind, data)
         elif self.on_unrouted is not None:
             self.on_unrouted(kind, data)
 
@@ -138,8 +147,30 @@ class EventStream:
             self._connected.set()
         else:
             self._connected = anyio.Event()
-        for subscriber in list(self._subscribers.values()):
+        for subscriber in self._all():
             subscriber.connection_changed(connected)
+
+
+class _NoRedirectConnect(connect):
+    """``connect`` that never follows a redirect.
+
+    websockets follows 3xx and strips only Authorization and Cookie when the origin
+    changes, so custom credential headers would reach the other host; the HTTP client
+    does not follow redirects either. A redirect ends the attempt (InvalidStatus).
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
+class _NoDebug(logging.LoggerAdapter):
+    """websockets logs every handshake header at DEBUG, credentials included: never."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_HANDSHAKE_LOGGER = _NoDebug(logging.getLogger("websockets.client"))
 
 
 async def _close(socket: ClientConnection) -> None:

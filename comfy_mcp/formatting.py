@@ -7,6 +7,7 @@ from typing import Any
 
 from comfy_mcp.service import Generation
 from comfy_mcp.validation import combo_options, input_spec
+from comfy_mcp.workflows import Template
 
 _SHOWN_PARAMS = ("width", "height", "batch_size", "steps", "cfg", "sampler", "scheduler",
                  "denoise", "checkpoint")
@@ -169,3 +170,18 @@ def _spec_text(spec: list[Any]) -> str:
     text = str(spec[0]) if spec else "?"
     extras = [f"{k} {opts[k]}" for k in ("default", "min", "max", "step") if k in opts]
     return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def template_text(template: Template) -> str:
+    """One template: its description and each parameter with type, default and range."""
+    params = []
+    for param in template.parameters.values():
+        detail = [param.type]
+        if param.minimum is not None and param.maximum is not None:
+            detail.append(f"{param.minimum:g}..{param.maximum:g}")
+        if param.required:
+            detail.append("required")
+        elif param.default not in (None, ""):
+            detail.append(f"default {param.default}")
+        params.append(f"{param.name} ({', '.join(detail)})")
+    return f"{template.name}: {template.description}\n  " + ", ".join(params)

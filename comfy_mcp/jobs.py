@@ -251,7 +251,7 @@ class JobFollower:
             self._unreachable = exc
             return None
         self._unreachable = None
-        if entry is not None and _entry_finished(entry):
+        if entry is not None and entry_finished(entry):
             return result_from_history(self.watch, entry)
         position = _queue_position(queue, self.watch.prompt_id)
         if position is not None:
@@ -289,7 +289,7 @@ class JobFollower:
             except _TRANSIENT as exc:
                 logger.info("history of %s not readable yet: %s", self.watch.prompt_id, exc)
                 continue
-            if entry is not None and _entry_finished(entry):
+            if entry is not None and entry_finished(entry):
                 return entry
         return entry
 
@@ -311,7 +311,7 @@ def _is_item(item: Any) -> bool:
     return isinstance(item, list) and len(item) >= 2
 
 
-def _entry_finished(entry: Mapping[str, Any]) -> bool:
+def entry_finished(entry: Mapping[str, Any]) -> bool:
     status = entry.get("status")
     if not isinstance(status, dict):
         return "outputs" in entry  # very old servers wrote no status

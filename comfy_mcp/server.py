@@ -11,18 +11,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any
 
+import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
-from comfy_mcp import __version__, formatting, outputs
+from comfy_mcp import __version__, formatting, uploads
 from comfy_mcp.config import Settings
-from comfy_mcp.errors import ComfyError
+from comfy_mcp.errors import ComfyError, JobStillRunning
 from comfy_mcp.service import ComfyService, Generation
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ INSTRUCTIONS = """\
 Make images with the user's ComfyUI. generate_art renders from a text prompt and returns
 previews plus the saved file paths; look at the previews before answering. If a job
 outlives the wait, call get_result with its prompt_id. Errors say what to change."""
-
-UPLOAD_LIMIT = 50 * 2**20
 
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                         open_world_hint=False)
@@ -86,10 +85,10 @@ def generation_content(gen: Generation) -> Content:
 
 async def generate_art(
     ctx: Context,
-    prompt: Annotated[str, Field(description="What to draw.", min_length=1)],
+    prompt: Annotated[str | None, Field(description="What to draw.")] = None,
     negative_prompt: Annotated[str | None, Field(description="What to avoid.")] = None,
     width: Annotated[int | None, Field(description="Pixels, multiple of 8.")] = None,
-    height: Annotated[int | None, Field(description="Pixels, multiple of 8.")] = None,
+    height: int | None = None,
     steps: int | None = None,
     cfg: float | None = None,
     seed: Annotated[int | None, Field(description="Omit or -1 for random.")] = None,
@@ -97,21 +96,39 @@ async def generate_art(
     scheduler: str | None = None,
     checkpoint: Annotated[str | None, Field(description="Default: first listed.")] = None,
     batch_size: int | None = None,
-    template: str = "txt2img",
+    image: Annotated[str | None, Field(description="Input image name from upload_image.")]
+    = None,
+    denoise: Annotated[float | None, Field(description="img2img: 0 keep .. 1 replace.")]
+    = None,
+    template: Annotated[str, Field(description="See list_templates.")] = "txt2img",
+    workflow: Annotated[dict[str, Any] | str | None, Field(
+        description="Instead of a template: an API or UI workflow (JSON), or a .json path.")]
+    = None,
+    params: Annotated[dict[str, Any] | None, Field(description="Other template parameters; "
+                                                   "'<node id>.<input>' sets any input.")]
+    = None,
     wait_seconds: Annotated[float | None, Field(description="Max wait; then get_result.",
                                                 gt=0)] = None,
 ) -> Content:
-    """Render images in ComfyUI from a prompt; returns previews and saved paths."""
-    params = {
+    """Render images in ComfyUI; returns previews, seed, prompt_id and saved paths."""
+    named = {
         "prompt": prompt, "negative_prompt": negative_prompt, "width": width,
         "height": height, "steps": steps, "cfg": cfg, "seed": seed, "sampler": sampler,
         "scheduler": scheduler, "checkpoint": checkpoint, "batch_size": batch_size,
+        "image": image, "denoise": denoise,
     }
-    service = _service(ctx)
-    given = {k: v for k, v in params.items() if v is not None}
+    given = {k: v for k, v in named.items() if v is not None}
+    overrides = {}
+    for key, value in (params or {}).items():
+        (overrides if "." in key else given)[key] = value
     async with _errors_as_tool_errors():
-        gen = await service.generate(template, given, on_progress=_Progress(ctx),
-                                     wait_limit=wait_seconds)
+        try:
+            gen = await _service(ctx).generate(
+                template, given, workflow=workflow, overrides=overrides,
+                on_progress=_Progress(ctx), wait_limit=wait_seconds,
+            )
+        except JobStillRunning as exc:  # not a failure: the job goes on
+            return [TextContent(type="text", text=str(exc))]
     return generation_content(gen)
 
 
@@ -122,7 +139,10 @@ async def get_result(
 ) -> Content:
     """Fetch an earlier job's images by prompt_id, waiting up to wait_seconds."""
     async with _errors_as_tool_errors():
-        gen = await _service(ctx).result(prompt_id, wait_limit=wait_seconds)
+        try:
+            gen = await _service(ctx).result(prompt_id, wait_limit=wait_seconds)
+        except JobStillRunning as exc:
+            return [TextContent(type="text", text=str(exc))]
     return generation_content(gen)
 
 
@@ -187,26 +207,28 @@ async def list_templates(ctx: Context) -> str:
     """Workflow templates for generate_art, with their parameters."""
     library = _service(ctx).library
     async with _errors_as_tool_errors():
-        lines = []
-        for tpl in library.all():
-            params = ", ".join(tpl.parameters)
-            lines.append(f"{tpl.name}: {tpl.description}\n  parameters: {params}")
+        lines = [formatting.template_text(tpl) for tpl in library.all()]
     return "\n".join(lines) or "No templates."
 
 
 async def upload_image(
     ctx: Context,
-    path: Annotated[str, Field(description="Local image file to send to ComfyUI.")],
+    path: Annotated[str | None, Field(
+        description="Local image file, in the working or output folder (or "
+        "COMFY_MCP_UPLOAD_DIRS).")] = None,
+    data: Annotated[str | None, Field(
+        description="Instead of path: the image bytes, base64.")] = None,
+    filename: Annotated[str | None, Field(
+        description="Name to upload under; default: the file's own name.")] = None,
 ) -> str:
-    """Upload a local image to ComfyUI's input folder; returns the name to use."""
+    """Upload an image (local path or base64 data) to ComfyUI's inputs; returns its name."""
     service = _service(ctx)
+    settings = service.settings
+    prepare = partial(uploads.prepare, path, data, filename, roots=settings.upload_roots(),
+                      max_bytes=settings.upload_max_bytes)
     async with _errors_as_tool_errors():
-        roots = [Path.cwd(), service.settings.output_dir]
-        file = outputs.check_readable_file(path, roots, max_bytes=UPLOAD_LIMIT)
-        reply = await service.upload(file.read_bytes(), file.name)
-    name = reply.get("name", file.name)
-    subfolder = reply.get("subfolder") or ""
-    value = f"{subfolder}/{name}" if subfolder else name
+        blob, name = await anyio.to_thread.run_sync(prepare)
+        value = uploads.reply_name(await service.upload(blob, name))
     return f"Uploaded as {value!r}; use this name as a LoadImage 'image' input."
 
 

@@ -8,6 +8,7 @@ to the end, saves the files and builds previews sized for an assistant.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -22,17 +23,29 @@ import anyio
 from comfy_mcp import images, outputs
 from comfy_mcp.client import ComfyClient, Submitted
 from comfy_mcp.config import Settings
+from comfy_mcp.convert import is_ui_workflow, ui_to_api
 from comfy_mcp.errors import (
     ComfyError,
     ComfyHTTPError,
     ComfyTimeout,
     ComfyUnreachable,
+    InvalidParameter,
     PromptNotFound,
+    WorkflowError,
 )
 from comfy_mcp.events import EventStream
-from comfy_mcp.jobs import JobFollower, JobResult, JobWatch, OutputFile, ProgressCallback
+from comfy_mcp.inference import infer_parameters
+from comfy_mcp.jobs import (
+    JobFollower,
+    JobResult,
+    JobWatch,
+    OutputFile,
+    ProgressCallback,
+    entry_finished,
+    result_from_history,
+)
 from comfy_mcp.validation import ObjectInfo, check_graph, resolve
-from comfy_mcp.workflows import TemplateLibrary
+from comfy_mcp.workflows import Template, TemplateLibrary, check_api_graph
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +54,7 @@ logger = logging.getLogger(__name__)
 PREVIEW_BYTES = 600_000
 PREVIEW_TOKENS = 20_000
 _SOCKET_GRACE = 2.0
+_WORKFLOW_MAX_BYTES = 10 * 2**20
 
 
 @dataclass
@@ -111,25 +125,61 @@ class ComfyService:
 
     async def generate(
         self,
-        template_name: str,
+        template_name: str | None,
         params: Mapping[str, Any],
         *,
+        workflow: Any = None,
+        overrides: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         wait_limit: float | None = None,
     ) -> Generation:
-        """Fill a template, check it, run it, save and preview its outputs."""
+        """Fill a template (or a raw workflow), check it, run it, save and preview outputs.
+
+        ``overrides`` set any node input by ``"<node id>.<input>"``, after the parameters.
+        """
         started = time.perf_counter()
-        template = self.library.get(template_name)
+        template = await self._template(template_name, workflow)
         info = await self.object_info_for({n["class_type"] for n in template.graph.values()})
         resolved = resolve(template, params, info)
         graph = template.fill(resolved.values)
+        apply_overrides(graph, overrides or {})
         check_graph(graph, info)
         submitted, result = await self.run(graph, on_progress=on_progress,
                                            wait_limit=wait_limit)
         notes = resolved.notes + [f"Output dropped by ComfyUI: {p}" for p in submitted.dropped]
-        generation = await self.collect(result, template.name, resolved.values, notes)
+        values = {**resolved.values, **(overrides or {})}
+        generation = await self.collect(result, template.name, values, notes)
         generation.elapsed_seconds = time.perf_counter() - started
         return generation
+
+    async def _template(self, name: str | None, workflow: Any) -> Template:
+        if workflow is None:
+            return self.library.get(name or "txt2img")
+        if name not in (None, "txt2img"):
+            raise InvalidParameter("workflow", "give either a template or a workflow, not both")
+        data = self._read_workflow(workflow)
+        if is_ui_workflow(data):
+            classes = {str(n.get("type")) for n in data["nodes"] if isinstance(n, dict)}
+            data = ui_to_api(data, await self.object_info_for(classes))
+        check_api_graph(data)
+        return Template("workflow", "a workflow given with the request", data,
+                        infer_parameters(data))
+
+    def _read_workflow(self, workflow: Any) -> Any:
+        """A workflow given as a graph, as JSON text, or as the path of a .json file."""
+        if isinstance(workflow, dict):
+            return workflow
+        text = str(workflow).strip()
+        if not text.startswith("{"):
+            roots = [Path.cwd(), self.settings.output_dir]
+            if self.settings.user_workflows_dir is not None:
+                roots.append(self.settings.user_workflows_dir)
+            path = outputs.check_readable_file(text, roots, max_bytes=_WORKFLOW_MAX_BYTES)
+            text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise WorkflowError(f"the workflow is not valid JSON: {exc}") from None
 
     async def object_info_for(self, class_types: set[str]) -> dict[str, Any]:
         """Node definitions of just these classes (missing ones are left out)."""
@@ -174,7 +224,7 @@ class ComfyService:
         finally:
             self._watches.pop(prompt_id, None)
             if self.stream is not None:
-                self.stream.unsubscribe(prompt_id)
+                self.stream.unsubscribe(prompt_id, watch)
 
     async def _submit(self, graph: dict[str, Any], prompt_id: str) -> Submitted:
         """POST /prompt; if the answer is lost, ask whether the job got queued anyway."""
@@ -210,11 +260,14 @@ class ComfyService:
 
     async def result(self, prompt_id: str, *, wait_limit: float = 0.0) -> Generation:
         """The outputs of an earlier job, waiting up to ``wait_limit`` if it still runs."""
+        queue = await self.client.queue()  # queue before history: see comfy_mcp.jobs
         entry = await self.client.history(prompt_id)
-        queue = await self.client.queue()
         watch = JobWatch(prompt_id, _graph_from(entry, queue, prompt_id))
         if entry is None and not watch.graph:
             raise PromptNotFound(prompt_id)
+        if entry is not None and entry_finished(entry):
+            result = result_from_history(watch, entry)
+            return await self.collect(result, None, {}, [])
         if self.stream is not None:
             self.stream.subscribe(prompt_id, watch)
         try:
@@ -223,7 +276,7 @@ class ComfyService:
             result = await follower.wait(max(wait_limit, 0.01))
         finally:
             if self.stream is not None:
-                self.stream.unsubscribe(prompt_id)
+                self.stream.unsubscribe(prompt_id, watch)
         return await self.collect(result, None, {}, [])
 
     async def cancel(self, prompt_id: str) -> str:
@@ -258,7 +311,8 @@ class ComfyService:
             blobs[index] = await self._save(saved[index], result.prompt_id)
 
         await concurrently(fetch(index) for index in range(len(saved)))
-        stills = [blobs[i] for i, s in enumerate(saved) if s.output.media == "image" and blobs[i]]
+        stills = [blobs[i] for i, s in enumerate(saved)
+                  if s.output.media in ("image", "animation") and blobs[i]]
         previews = await anyio.to_thread.run_sync(_previews, stills) if stills else []
         return Generation(
             result.prompt_id, template, values, saved, previews, notes, result.texts,
@@ -320,6 +374,17 @@ def _first_error(group: BaseExceptionGroup) -> Exception | None:
         elif isinstance(exc, Exception):
             return exc
     return None
+
+
+def apply_overrides(graph: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Set node inputs named ``"<node id>.<input>"``; an unknown node is an error."""
+    for key, value in overrides.items():
+        node_id, sep, input_name = str(key).partition(".")
+        if not sep or node_id not in graph or not input_name:
+            nodes = ", ".join(f"{nid} ({n['class_type']})" for nid, n in graph.items())
+            raise InvalidParameter(key, "overrides are written '<node id>.<input>' for a node "
+                                   f"of the workflow; its nodes are: {nodes}")
+        graph[node_id]["inputs"][input_name] = value
 
 
 def _previews(stills: list[bytes]) -> list[images.Preview]:

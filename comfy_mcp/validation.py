@@ -118,6 +118,11 @@ def _bound_specs(template: Template, param: Parameter, object_info: ObjectInfo) 
 def _resolve_one(
     param: Parameter, value: Any, specs: list[list], template: Template, notes: list[str]
 ) -> Any:
+    if value is None and param.required:
+        raise InvalidParameter(param.name, f"template {template.name!r} needs it"
+                               + (": " + param.description if param.description else ""))
+    if param.type == "image":
+        return _image_name(param, value)
     if param.type == "seed":
         return _seed(param, value, specs)
     if param.type in ("choice", "model"):
@@ -131,6 +136,22 @@ def _resolve_one(
     if param.type == "int":
         return _int(param, value, specs, notes)
     return _float(param, value, specs)
+
+
+def _image_name(param: Parameter, value: Any) -> str | None:
+    """A file in ComfyUI's input folder; names that climb out of it are refused here,
+    because ComfyUI before 0.28 would load them."""
+    if value is None:
+        return param.default
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidParameter(param.name, "expected the name of an uploaded image")
+    path = value.rsplit(" [", 1)[0] if value.endswith("]") else value
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or ":" in path or ".." in parts or "\0" in value:
+        raise InvalidParameter(param.name, f"{value!r} is not a file name in ComfyUI's input "
+                               "folder; upload the image with upload_image and pass the name "
+                               "it returns")
+    return value
 
 
 def _limits(param: Parameter, specs: list[list]) -> tuple[float, float]:

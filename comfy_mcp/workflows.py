@@ -7,10 +7,15 @@ A template file (``workflows/<name>.json``)::
                     "width": {"type": "int", "default": 512, "bind": ["5.width"]}, ...},
      "graph": {<API-format graph, as ComfyUI's "Export (API)" writes it>}}
 
-A binding is ``"<node id>.<input>"``. Types: ``string``, ``int``, ``float``, ``seed``,
-``choice`` (options come from the live ``/object_info`` of the bound input) and ``model``
-(a file name from a model folder; the default is the first one ComfyUI lists).
-Filling a template never touches the network; validation against the server is in
+A binding names one node input, in any of three ways: ``"<node id>.<input>"``,
+``{"node": "<id>", "input": "<input>"}`` or ``{"title": "<node title>", "input": "..."}``
+(the title a user gave the node in ComfyUI, unique in the graph). A template without
+``parameters`` gets them from the graph itself (``comfy_mcp.inference``).
+
+Types: ``string``, ``int``, ``float``, ``seed``, ``image`` (a file in ComfyUI's input
+folder, as ``upload_image`` names it), ``choice`` (options from the live ``/object_info``)
+and ``model`` (a file of a model folder; the default is the first one ComfyUI lists).
+Filling a template never touches the network; checks against the server are in
 ``comfy_mcp.validation``.
 """
 
@@ -20,7 +25,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ from comfy_mcp.errors import WorkflowError
 
 logger = logging.getLogger(__name__)
 
-PARAM_TYPES = ("string", "int", "float", "seed", "choice", "model")
+PARAM_TYPES = ("string", "int", "float", "seed", "image", "choice", "model")
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,38 @@ class Binding:
     node_id: str
     input_name: str
 
-    @classmethod
-    def parse(cls, text: str) -> Binding:
-        node_id, sep, input_name = str(text).partition(".")
-        if not sep or not node_id or not input_name:
-            raise WorkflowError(f"binding {text!r} must look like '<node id>.<input name>'")
-        return cls(node_id, input_name)
-
     def __str__(self) -> str:
         return f"{self.node_id}.{self.input_name}"
+
+
+def parse_binding(spec: Any, graph: Mapping[str, Any], where: str) -> Binding:
+    """One binding in any of its three spellings, checked against the graph."""
+    if isinstance(spec, str):
+        node_id, sep, input_name = spec.partition(".")
+        if not sep or not node_id or not input_name:
+            raise WorkflowError(f"{where}: binding {spec!r} must look like '<node id>.<input>'")
+    elif isinstance(spec, dict) and isinstance(spec.get("input"), str):
+        input_name = spec["input"]
+        if "title" in spec:
+            node_id = node_by_title(graph, str(spec["title"]), where)
+        else:
+            node_id = str(spec.get("node", ""))
+    else:
+        raise WorkflowError(f"{where}: binding {spec!r} needs 'input' and 'node' or 'title'")
+    if node_id not in graph:
+        raise WorkflowError(f"{where}: binding {spec!r} names node {node_id!r}, which is not "
+                            "in the graph")
+    return Binding(node_id, input_name)
+
+
+def node_by_title(graph: Mapping[str, Any], title: str, where: str) -> str:
+    found = [nid for nid, node in graph.items()
+             if (node.get("_meta") or {}).get("title") == title]
+    if len(found) != 1:
+        many = "several nodes" if found else "no node"
+        raise WorkflowError(f"{where}: {many} titled {title!r}; titles used for binding "
+                            "must be unique")
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,7 @@ class Parameter:
     maximum: float | None = None
     step: int | None = None
     folder: str | None = None  # for type "model"
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,9 @@ class Template:
         binding = self.parameters[name].bindings[0]
         return self.graph[binding.node_id]["inputs"].get(binding.input_name)
 
+    def with_parameters(self, parameters: Mapping[str, Parameter]) -> Template:
+        return replace(self, parameters=dict(parameters))
+
 
 def load_template(path: Path | str, text: str | None = None) -> Template:
     """Parse one template file; every problem names the file and the field."""
@@ -92,6 +124,8 @@ def load_template(path: Path | str, text: str | None = None) -> Template:
         data = json.loads(path.read_text(encoding="utf-8") if text is None else text)
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"cannot read template {path.name}: {exc}") from exc
+    if isinstance(data, dict) and "graph" not in data and "parameters" not in data:
+        data = {"graph": data}  # a bare API export dropped into the folder
     if not isinstance(data, dict) or not isinstance(data.get("graph"), dict):
         raise WorkflowError(f"template {path.name} needs a 'graph' object (API format)")
     graph = data["graph"]
@@ -104,20 +138,20 @@ def load_template(path: Path | str, text: str | None = None) -> Template:
 
 
 def _parameter(name: str, spec: Any, graph: Mapping[str, Any], file: str) -> Parameter:
+    where = f"{file}: parameter {name!r}"
     if not isinstance(spec, dict):
-        raise WorkflowError(f"{file}: parameter {name!r} must be an object")
+        raise WorkflowError(f"{where} must be an object")
     kind = spec.get("type", "string")
     if kind not in PARAM_TYPES:
-        raise WorkflowError(f"{file}: parameter {name!r} has unknown type {kind!r}")
-    bindings = tuple(Binding.parse(b) for b in spec.get("bind") or [])
+        raise WorkflowError(f"{where} has unknown type {kind!r}; use one of "
+                            + ", ".join(PARAM_TYPES))
+    bindings = tuple(parse_binding(b, graph, where) for b in spec.get("bind") or [])
     if not bindings:
-        raise WorkflowError(f"{file}: parameter {name!r} is bound to no node input")
-    for binding in bindings:
-        if binding.node_id not in graph:
-            raise WorkflowError(f"{file}: parameter {name!r} binds missing node {binding}")
+        raise WorkflowError(f"{where} is bound to no node input")
     return Parameter(
         name, kind, bindings, str(spec.get("description", "")), spec.get("default"),
         spec.get("min"), spec.get("max"), spec.get("step"), spec.get("folder"),
+        bool(spec.get("required", False)),
     )
 
 
@@ -138,6 +172,10 @@ def check_api_graph(graph: Any, *, where: str = "the workflow") -> None:
         if not isinstance(node.get("inputs", {}), dict):
             raise WorkflowError(f"{where}: node {node_id!r} has 'inputs' that is not an object")
         node.setdefault("inputs", {})
+        for value in node["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and not isinstance(value[0], str):
+                raise WorkflowError(f"{where}: node {node_id!r} links to {value!r}; node ids "
+                                    "in links must be strings, as in ['4', 0]")
 
 
 class TemplateLibrary:
@@ -145,7 +183,7 @@ class TemplateLibrary:
 
     def __init__(self, user_dir: Path | None = None) -> None:
         self.user_dir = user_dir
-        self._cache: dict[Path, tuple[float, Template]] = {}
+        self._cache: dict[Path, tuple[float, int, Template]] = {}
 
     def names(self) -> list[str]:
         return sorted(self._files())
@@ -158,7 +196,14 @@ class TemplateLibrary:
         return self._load(files[name])
 
     def all(self) -> list[Template]:
-        return [self.get(name) for name in self.names()]
+        """Every template that loads; a broken user file is logged and skipped."""
+        templates = []
+        for name in self.names():
+            try:
+                templates.append(self.get(name))
+            except WorkflowError as exc:
+                logger.warning("skipping template %s: %s", name, exc)
+        return templates
 
     def _files(self) -> dict[str, Path]:
         files = {p.stem: p for p in _builtin_dir().glob("*.json")}
@@ -167,12 +212,12 @@ class TemplateLibrary:
         return files
 
     def _load(self, path: Path) -> Template:
-        mtime = path.stat().st_mtime
+        stat = path.stat()
         cached = self._cache.get(path)
-        if cached and cached[0] == mtime:
-            return cached[1]
+        if cached and cached[:2] == (stat.st_mtime, stat.st_size):
+            return cached[2]
         template = load_template(path)
-        self._cache[path] = (mtime, template)
+        self._cache[path] = (stat.st_mtime, stat.st_size, template)
         return template
 
 

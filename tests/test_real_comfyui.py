@@ -145,7 +145,10 @@ async def test_list_models_and_templates(real_client) -> None:
     models = text_of(await real_client.call_tool("list_models", {}))
     assert CHECKPOINT in models
     templates = text_of(await real_client.call_tool("list_templates", {}))
-    assert templates.startswith("txt2img:") and "checkpoint" in templates
+    assert "\ntxt2img: Text to image" in templates
+    assert "prompt (string, required)" in templates and "checkpoint (model)" in templates
+    for name in ("img2img", "inpaint", "upscale", "upscale_model", "txt2img_sdxl"):
+        assert f"\n{name}: " in "\n" + templates
 
 
 async def test_upload_image_then_refuse_non_image(
