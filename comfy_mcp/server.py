@@ -12,19 +12,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ImageContent, TextContent, ToolAnnotations
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import ImageContent, ResourceLink, TextContent, ToolAnnotations
 from pydantic import Field
 
 from comfy_mcp import __version__, formatting, uploads
 from comfy_mcp.config import Settings
 from comfy_mcp.errors import ComfyError, JobStillRunning
+from comfy_mcp.resources import guess_mime, output_uri, register_resources
 from comfy_mcp.service import ComfyService, Generation
+from comfy_mcp.workflows import TemplateLibrary
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                          open_world_hint=False)
 
-Content = list[TextContent | ImageContent]
+Content = list[TextContent | ImageContent | ResourceLink]
 
 
 @dataclass
@@ -72,11 +75,17 @@ class _Progress:
         await self.ctx.report_progress(self.value, 100, message)
 
 
-def generation_content(gen: Generation) -> Content:
+def generation_content(gen: Generation, output_dir: Path) -> Content:
+    """Text first, then the previews, then a link to each full-resolution file."""
     content: Content = [TextContent(type="text", text=formatting.generation_text(gen))]
     for preview in gen.previews:
         data = base64.b64encode(preview.data).decode("ascii")
         content.append(ImageContent(type="image", data=data, mime_type=preview.mime_type))
+    for item in gen.files:
+        uri = output_uri(output_dir, item.path) if item.path else None
+        if uri is not None:
+            content.append(ResourceLink(type="resource_link", uri=uri, name=item.path.name,
+                                        mime_type=guess_mime(item.path)))
     return content
 
 
@@ -129,7 +138,7 @@ async def generate_art(
             )
         except JobStillRunning as exc:  # not a failure: the job goes on
             return [TextContent(type="text", text=str(exc))]
-    return generation_content(gen)
+    return generation_content(gen, _service(ctx).settings.output_dir)
 
 
 async def get_result(
@@ -143,7 +152,7 @@ async def get_result(
             gen = await _service(ctx).result(prompt_id, wait_limit=wait_seconds)
         except JobStillRunning as exc:
             return [TextContent(type="text", text=str(exc))]
-    return generation_content(gen)
+    return generation_content(gen, _service(ctx).settings.output_dir)
 
 
 async def cancel(ctx: Context, prompt_id: str) -> str:
@@ -242,14 +251,26 @@ TOOLS: list[tuple[Any, ToolAnnotations]] = [
 def build_server(settings: Settings | None = None) -> MCPServer:
     """The MCP server, with one ComfyService opened for the server's lifetime."""
     settings = settings or Settings.from_env()
+    library = TemplateLibrary(settings.user_workflows_dir)
+    running: list[ComfyService] = []
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
-        async with ComfyService.open(settings) as service:
-            yield AppState(service)
+        async with ComfyService.open(settings, library) as service:
+            running.append(service)
+            try:
+                yield AppState(service)
+            finally:
+                running.remove(service)
+
+    def current() -> ComfyService:
+        if not running:
+            raise ResourceError("comfy-mcp is still starting; try again")
+        return running[-1]
 
     server = MCPServer("comfy-mcp", instructions=INSTRUCTIONS, version=__version__,
                        lifespan=lifespan)
     for fn, hints in TOOLS:
         server.add_tool(fn, annotations=hints, structured_output=False)
+    register_resources(server, library, current)
     return server

@@ -102,7 +102,9 @@ class ComfyService:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[ComfyService]:
+    async def open(
+        cls, settings: Settings, library: TemplateLibrary | None = None
+    ) -> AsyncIterator[ComfyService]:
         """The service with its WebSocket kept open in the background."""
         client = ComfyClient(settings.comfyui_url, timeout=settings.http_timeout,
                              headers=settings.headers)
@@ -112,7 +114,7 @@ class ComfyService:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(stream.run)
                     try:
-                        yield cls(settings, client, stream)
+                        yield cls(settings, client, stream, library)
                     finally:
                         tasks.cancel_scope.cancel()
             except BaseExceptionGroup as group:  # the caller's own error, not a group

@@ -217,3 +217,26 @@ async def wait_for_running(url: str) -> str:
                 return queue["queue_running"][0][1]
             await anyio.sleep(0.05)
     raise AssertionError("no job started")
+
+
+async def test_resources_templates_models_and_outputs(real_client) -> None:
+    from mcp.types import ResourceLink
+
+    listed = {str(r.uri) for r in (await real_client.list_resources()).resources}
+    assert "comfy://templates" in listed
+    templates = json.loads((await real_client.read_resource("comfy://templates")).contents[0]
+                           .text)
+    assert {"txt2img", "img2img", "inpaint", "upscale"} <= {t["name"] for t in templates}
+    one = json.loads((await real_client.read_resource("comfy://templates/txt2img")).contents[0]
+                     .text)
+    assert one["parameters"]["prompt"]["bind"] == ["6.text"] and "3" in one["graph"]
+    models = json.loads((await real_client.read_resource("comfy://models/checkpoints"))
+                        .contents[0].text)
+    assert CHECKPOINT in models
+
+    result = await call(real_client, "generate_art", prompt="linked", width=64, height=64,
+                        **TINY)
+    [link] = [c for c in result.content if isinstance(c, ResourceLink)]
+    assert link.uri.startswith("comfy://outputs/") and link.mime_type == "image/png"
+    blob = (await real_client.read_resource(link.uri)).contents[0].blob
+    assert base64.b64decode(blob) == saved(result)[0].read_bytes()
