@@ -264,12 +264,9 @@ class ContactLost(JobError):
 class NoOutputs(JobError):
     """Raised when a job finished successfully but produced no output files."""
 
-    def __init__(self, prompt_id: str, cached: bool = False) -> None:
-        why = (
-            "every node was served from ComfyUI's cache and this ComfyUI version does not "
-            "report cached outputs; change the seed or any input to render a new image"
-            if cached
-            else "the workflow has no output node that saves or previews an image, or the "
-            "output node produced nothing"
+    def __init__(self, prompt_id: str) -> None:
+        super().__init__(
+            prompt_id,
+            "The job finished but returned no outputs: the workflow has no output node that "
+            "saves or previews an image, or the output node produced nothing",
         )
-        super().__init__(prompt_id, f"The job finished but returned no outputs: {why}")

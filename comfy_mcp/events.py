@@ -57,6 +57,7 @@ class EventStream:
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._connected = anyio.Event()
         self._is_connected = False
+        self._first_attempt = anyio.Event()  # set once the first connect succeeded or failed
         self.connections = 0  # how many times a socket was opened (for tests and benches)
         self.on_unrouted: Callable[[str, Mapping[str, Any]], None] | None = None
 
@@ -83,6 +84,15 @@ class EventStream:
             await self._connected.wait()
         return self._is_connected
 
+    async def wait_first_attempt(self, timeout: float) -> bool:
+        """At start-up, wait until the first connection attempt has an outcome.
+
+        Later a down socket is not waited for: jobs are followed by polling meanwhile.
+        """
+        with anyio.move_on_after(timeout):
+            await self._first_attempt.wait()
+        return self._is_connected
+
     async def run(self) -> None:
         """Connect, read, reconnect with backoff; runs until cancelled."""
         backoff = 0.5
@@ -100,6 +110,7 @@ class EventStream:
                 logger.info("ComfyUI WebSocket unavailable (%s); following jobs by polling", exc)
             finally:
                 self._set_connected(False)
+                self._first_attempt.set()
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
@@ -145,6 +156,7 @@ class EventStream:
         self._is_connected = connected
         if connected:
             self._connected.set()
+            self._first_attempt.set()
         else:
             self._connected = anyio.Event()
         for subscriber in self._all():

@@ -31,6 +31,9 @@ def generation_text(gen: Generation) -> str:
     if gen.cached:
         lines.append("note: every node came from ComfyUI's cache (same inputs as an earlier "
                      "run); change the seed for a new image")
+        if not gen.files:
+            lines.append("note: this ComfyUI did not report the cached files again; they are "
+                         "the files of that earlier run")
     lines += [f"note: {note}" for note in gen.notes]
     lines += _file_lines(gen)
     lines += [f"text output: {text}" for text in gen.texts]

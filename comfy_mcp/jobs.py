@@ -349,8 +349,8 @@ def result_from_history(watch: JobWatch, entry: Mapping[str, Any]) -> JobResult:
         outputs = watch.ws_outputs
     files, texts = parse_outputs(outputs)
     cached = _all_cached(messages, watch)
-    if not files and not texts:
-        raise NoOutputs(prompt_id, cached=cached)
+    if not files and not texts and not cached:
+        raise NoOutputs(prompt_id)
     return JobResult(prompt_id, files, texts, cached, _execution_seconds(messages))
 
 

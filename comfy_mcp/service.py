@@ -211,7 +211,7 @@ class ComfyService:
         watch = JobWatch(prompt_id, graph)
         self._watches[prompt_id] = watch
         if self.stream is not None:
-            await self.stream.wait_connected(_SOCKET_GRACE)
+            await self.stream.wait_first_attempt(_SOCKET_GRACE)
             self.stream.subscribe(prompt_id, watch)
         try:
             submitted = await self._submit(graph, prompt_id)

@@ -21,7 +21,7 @@ import anyio
 import pytest
 from fakecomfy import CHECKPOINTS, Failure, FakeComfy, Fault, solid_png
 
-from comfy_mcp import jobs
+from comfy_mcp import formatting, jobs
 from comfy_mcp import service as service_module
 from comfy_mcp.config import Settings
 from comfy_mcp.errors import (
@@ -31,7 +31,6 @@ from comfy_mcp.errors import (
     JobInterrupted,
     JobLost,
     JobStillRunning,
-    NoOutputs,
     OutOfMemory,
     PromptNotFound,
     PromptRejected,
@@ -210,16 +209,15 @@ async def test_b03_cached_outputs_only_on_the_socket(
 
 
 async def test_b03_cached_outputs_reported_nowhere(fake: FakeComfy, service: ComfyService) -> None:
-    """Variant A: success with no outputs at all. It ends at once and says why.
-
-    (B03 asks for success with a note; comfy_mcp raises NoOutputs(cached=True).)"""
+    """Variant A: success with no outputs at all: it ends at once, a success with a note."""
     await generate(service, seed=42)
     fake.script.cached_outputs_in_history = False
     fake.script.cached_executed_events = False
     started = time.perf_counter()
-    with pytest.raises(NoOutputs, match="cache"):
-        await generate(service, seed=42)
+    second = await generate(service, seed=42)
     assert time.perf_counter() - started < 1.0
+    assert second.cached and second.files == []
+    assert "did not report the cached files" in formatting.generation_text(second)
 
 
 async def test_b04_events_before_the_prompt_reply(fake: FakeComfy, service: ComfyService) -> None:
