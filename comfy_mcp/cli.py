@@ -101,13 +101,16 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int | str:
     max_body = settings.upload_max_bytes * 4 // 3 + 2**20
     serve = partial(http_transport.serve_http, build_server(settings), host=host, port=port,
                     token=token, max_body_bytes=max_body, sock=sock)
-    anyio.run(serve)
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutting down
+        pass
     return 0
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:
     from comfy_mcp.formatting import generation_text
-    from comfy_mcp.service import ComfyService
+    from comfy_mcp.studio import Studio
 
     params: dict[str, Any] = {"prompt": args.prompt}
     params.update({name: getattr(args, name) for name, _ in _GEN_OPTIONS
@@ -117,9 +120,9 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
     try:
-        async with ComfyService.open(settings) as service:
-            gen = await service.generate(args.template, params, on_progress=progress,
-                                         wait_limit=args.wait)
+        async with Studio.open(settings) as studio:
+            gen = await studio.generate(args.template, params, on_progress=progress,
+                                        wait_limit=args.wait)
     except ComfyError as exc:
         print(f"comfy-mcp: {exc}", file=sys.stderr)
         return 1

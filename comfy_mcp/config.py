@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from comfy_mcp.errors import ConfigError
+from comfy_mcp.memory import default_db_path
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_UPLOAD_MAX_MB = 50
@@ -38,6 +39,8 @@ class Settings:
     # Folders upload_image may read; None means the working directory and output_dir.
     upload_dirs: tuple[Path, ...] | None = None
     upload_max_bytes: int = DEFAULT_UPLOAD_MAX_MB * 2**20
+    # The SQLite generation history; None turns the history off.
+    db_path: Path | None = None
 
     def upload_roots(self) -> list[Path]:
         """The folders ``upload_image`` may read files from."""
@@ -61,6 +64,7 @@ class Settings:
             headers=_auth_headers(env, url_login),
             upload_dirs=_folders(env.get("COMFY_MCP_UPLOAD_DIRS")),
             upload_max_bytes=_megabytes(env, "COMFY_MCP_UPLOAD_MAX_MB", DEFAULT_UPLOAD_MAX_MB),
+            db_path=default_db_path(env),
         )
 
 

@@ -183,6 +183,7 @@ class JobStillRunning(ComfyError):
         self.prompt_id = prompt_id
         self.waited = waited
         self.state = state
+        self.generation_id: int | None = None  # set once the history has recorded it
         super().__init__(
             f"The job is still {state} after {waited:.0f} s; it goes on in ComfyUI. "
             f"Fetch it later with get_result(prompt_id={prompt_id!r})."

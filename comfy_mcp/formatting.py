@@ -20,6 +20,8 @@ def generation_text(gen: Generation) -> str:
     if gen.execution_seconds is not None:
         timing += f" (ComfyUI ran {gen.execution_seconds:.2f} s)"
     lines = [f"Done: {count} file{'s' if count != 1 else ''} {timing}".rstrip()]
+    if gen.generation_id is not None:
+        lines.append(f"generation: #{gen.generation_id}")
     lines.append(f"prompt_id: {gen.prompt_id}")
     if "seed" in gen.values:
         lines.append(f"seed: {gen.values['seed']}")

@@ -84,7 +84,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             kind TEXT NOT NULL,
             template TEXT,
             params TEXT NOT NULL,
-            seed INTEGER,
+            seed TEXT, -- text: ComfyUI seeds reach 2**64 - 1, past SQLite's integers
             checkpoint TEXT,
             graph TEXT NOT NULL,
             prompt_id TEXT,
@@ -436,7 +436,7 @@ class GenerationStore:
         row = {
             "parent_id": parent_id, "created_at": datetime.now(UTC).isoformat(),
             "kind": kind, "template": template, "params": _dumps(params),
-            "seed": seed if seed is not None else _seed_of(params, graph),
+            "seed": _seed_column(seed if seed is not None else _seed_of(params, graph)),
             "checkpoint": checkpoint or _checkpoint_of(params, graph),
             "graph": _dumps(graph), "prompt_id": prompt_id, "backend_url": backend_url,
             "files": _files_json(files), "status": status, "error": error,
@@ -517,7 +517,7 @@ class GenerationStore:
     def get(self, generation_id: int) -> GenerationRecord:
         """The generation with this id; ``GenerationNotFound`` if there is none."""
         with self._read() as db:
-            row = db.execute("SELECT * FROM generations WHERE id = ?",
+            row = db.execute(f"SELECT {_FIELDS} FROM generations WHERE id = ?",
                              (generation_id,)).fetchone()
             if row is None:
                 raise GenerationNotFound(generation_id, _newest(db))
@@ -526,7 +526,7 @@ class GenerationStore:
     def by_prompt_id(self, prompt_id: str) -> GenerationRecord | None:
         """The newest generation submitted under this ComfyUI prompt id, if any."""
         with self._read() as db:
-            row = db.execute("SELECT * FROM generations WHERE prompt_id = ? "
+            row = db.execute(f"SELECT {_FIELDS} FROM generations WHERE prompt_id = ? "
                              "ORDER BY id DESC LIMIT 1", (prompt_id,)).fetchone()
         return None if row is None else _record(row)
 
@@ -536,8 +536,8 @@ class GenerationStore:
             raise ValueError(f"limit must be at least 1 and offset at least 0, "
                              f"got limit={limit}, offset={offset}")
         with self._read() as db:
-            rows = db.execute("SELECT * FROM generations ORDER BY id DESC LIMIT ? OFFSET ?",
-                              (limit, offset)).fetchall()
+            rows = db.execute(f"SELECT {_FIELDS} FROM generations ORDER BY id DESC "
+                              "LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [_record(row) for row in rows]
 
     def count(self) -> int:
@@ -552,7 +552,7 @@ class GenerationStore:
                 up = db.execute(_ANCESTORS, (generation_id, LINEAGE_LIMIT)).fetchall()
                 if not up:
                     raise GenerationNotFound(generation_id, _newest(db))
-                down = db.execute(_DESCENDANTS, (generation_id, LINEAGE_LIMIT + 1)).fetchall()
+                down = db.execute(_DESCENDANTS, (generation_id, LINEAGE_LIMIT + 2)).fetchall()
             finally:
                 db.execute("COMMIT")
         chain = [_record(row) for row in reversed(up)]  # root first, focus last
@@ -603,24 +603,31 @@ class GenerationStore:
         raise GenerationNotFound(generation_id, _newest(db))
 
 
-_ANCESTORS = """
+# Columns in the order ``_record`` reads them; named, so a later migration may add more.
+_COLUMNS = ("id", "parent_id", "created_at", "kind", "template", "params", "seed",
+            "checkpoint", "graph", "prompt_id", "backend_url", "files", "status", "error",
+            "elapsed_seconds", "execution_seconds", "note")
+_FIELDS = ", ".join(_COLUMNS)
+_G_FIELDS = ", ".join(f"g.{column}" for column in _COLUMNS)
+
+_ANCESTORS = f"""
 WITH RECURSIVE up(id, depth) AS (
     SELECT id, 0 FROM generations WHERE id = ?1
     UNION ALL
     SELECT g.parent_id, up.depth + 1 FROM generations g JOIN up ON g.id = up.id
     WHERE g.parent_id IS NOT NULL AND up.depth <= ?2
 )
-SELECT g.* FROM up JOIN generations g ON g.id = up.id ORDER BY up.depth
+SELECT {_G_FIELDS} FROM up JOIN generations g ON g.id = up.id ORDER BY up.depth
 """
 
-_DESCENDANTS = """
+_DESCENDANTS = f"""
 WITH RECURSIVE down(id) AS (
     SELECT id FROM generations WHERE id = ?1
     UNION ALL
     SELECT g.id FROM generations g JOIN down ON g.parent_id = down.id
     LIMIT ?2
 )
-SELECT g.* FROM down JOIN generations g ON g.id = down.id ORDER BY g.id
+SELECT {_G_FIELDS} FROM down JOIN generations g ON g.id = down.id ORDER BY g.id
 """
 
 
@@ -732,7 +739,7 @@ def _record(row: tuple[Any, ...]) -> GenerationRecord:
      backend_url, files, status, error, elapsed, execution, note) = row
     return GenerationRecord(
         id=id_, parent_id=parent_id, created_at=_time(created_at), kind=kind,
-        template=template, params=_loads_dict(params, id_, "params"), seed=seed,
+        template=template, params=_loads_dict(params, id_, "params"), seed=_seed_value(seed),
         checkpoint=checkpoint, graph=_loads_dict(graph, id_, "graph"), prompt_id=prompt_id,
         backend_url=backend_url, files=_files(files, id_), status=status, error=error,
         elapsed_seconds=elapsed, execution_seconds=execution, note=note,
@@ -804,6 +811,17 @@ def _seed_of(params: Mapping[str, Any], graph: Mapping[str, Any]) -> int | None:
     if seed is not None:
         return seed
     return _first_input(graph, ("seed", "noise_seed"), int)
+
+
+def _seed_column(seed: int | None) -> str | None:
+    return None if seed is None else str(seed)
+
+
+def _seed_value(text: Any) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _checkpoint_of(params: Mapping[str, Any], graph: Mapping[str, Any]) -> str | None:

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.prompts import Prompt
 from mcp.types import ImageContent, ResourceLink, TextContent, ToolAnnotations
 from pydantic import Field
 
@@ -27,6 +29,7 @@ from comfy_mcp.config import Settings
 from comfy_mcp.errors import ComfyError, JobStillRunning
 from comfy_mcp.resources import guess_mime, output_uri, register_resources
 from comfy_mcp.service import ComfyService, Generation
+from comfy_mcp.studio import Studio, record_line
 from comfy_mcp.workflows import TemplateLibrary
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,15 @@ Content = list[TextContent | ImageContent | ResourceLink]
 
 @dataclass
 class AppState:
-    service: ComfyService
+    studio: Studio
+
+
+def _studio(ctx: Context) -> Studio:
+    return ctx.request_context.lifespan_context.studio
 
 
 def _service(ctx: Context) -> ComfyService:
-    return ctx.request_context.lifespan_context.service
+    return _studio(ctx).service
 
 
 @asynccontextmanager
@@ -132,12 +139,12 @@ async def generate_art(
         (overrides if "." in key else given)[key] = value
     async with _errors_as_tool_errors():
         try:
-            gen = await _service(ctx).generate(
+            gen = await _studio(ctx).generate(
                 template, given, workflow=workflow, overrides=overrides,
                 on_progress=_Progress(ctx), wait_limit=wait_seconds,
             )
         except JobStillRunning as exc:  # not a failure: the job goes on
-            return [TextContent(type="text", text=str(exc))]
+            return [TextContent(type="text", text=_still_running(exc))]
     return generation_content(gen, _service(ctx).settings.output_dir)
 
 
@@ -149,9 +156,9 @@ async def get_result(
     """Fetch an earlier job's images by prompt_id, waiting up to wait_seconds."""
     async with _errors_as_tool_errors():
         try:
-            gen = await _service(ctx).result(prompt_id, wait_limit=wait_seconds)
+            gen = await _studio(ctx).result(prompt_id, wait_limit=wait_seconds)
         except JobStillRunning as exc:
-            return [TextContent(type="text", text=str(exc))]
+            return [TextContent(type="text", text=_still_running(exc))]
     return generation_content(gen, _service(ctx).settings.output_dir)
 
 
@@ -241,10 +248,91 @@ async def upload_image(
     return f"Uploaded as {value!r}; use this name as a LoadImage 'image' input."
 
 
+def _still_running(exc: JobStillRunning) -> str:
+    text = str(exc)
+    if exc.generation_id is not None:
+        text += f" It is recorded as generation #{exc.generation_id}."
+    return text
+
+
+async def refine(
+    ctx: Context,
+    generation: Annotated[int, Field(description="Generation id (#N) to start from.")],
+    mode: Annotated[Literal["refine", "vary", "img2img", "rerun"], Field(
+        description="refine: keep seed, apply changes; vary: new seed; img2img: start "
+                    "from the picked image; rerun: exact repeat.")] = "refine",
+    pick: Annotated[int | None, Field(description="Image number in that generation.")]
+    = None,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    seed: int | None = None,
+    denoise: float | None = None,
+    params: Annotated[dict[str, Any] | None, Field(description="Any other changes.")] = None,
+    wait_seconds: Annotated[float | None, Field(gt=0)] = None,
+) -> Content:
+    """Make a new generation from an earlier one, changing only what you give."""
+    named = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
+             "cfg": cfg, "seed": seed, "denoise": denoise}
+    changes = {k: v for k, v in named.items() if v is not None} | dict(params or {})
+    async with _errors_as_tool_errors():
+        try:
+            gen = await _studio(ctx).refine(generation, mode=mode, pick=pick, changes=changes,
+                                            on_progress=_Progress(ctx),
+                                            wait_limit=wait_seconds)
+        except JobStillRunning as exc:
+            return [TextContent(type="text", text=_still_running(exc))]
+    return generation_content(gen, _service(ctx).settings.output_dir)
+
+
+async def history(
+    ctx: Context,
+    generation: Annotated[int | None, Field(description="Show this one's lineage.")] = None,
+    limit: Annotated[int, Field(ge=1, le=200)] = 10,
+) -> str:
+    """Recent generations, or one generation's ancestors and children with changes."""
+    studio = _studio(ctx)
+    async with _errors_as_tool_errors():
+        if generation is not None:
+            return await studio.lineage_text(generation)
+        records = await studio.recent(limit)
+    if not records:
+        return "No generations recorded yet."
+    return "\n".join(record_line(r) for r in records)
+
+
+async def compare(
+    ctx: Context,
+    a: Annotated[int, Field(description="First generation id.")],
+    b: Annotated[int, Field(description="Second generation id.")],
+    pick_a: int | None = None,
+    pick_b: int | None = None,
+) -> Content:
+    """Two generations side by side in one image, with their parameter differences."""
+    async with _errors_as_tool_errors():
+        sheet, text = await _studio(ctx).compare(a, b, pick_a, pick_b)
+    data = base64.b64encode(sheet.data).decode("ascii")
+    return [TextContent(type="text", text=text),
+            ImageContent(type="image", data=data, mime_type=sheet.mime_type)]
+
+
+async def note(
+    ctx: Context,
+    generation: int,
+    text: Annotated[str, Field(description="Your critique; empty clears it.")],
+) -> str:
+    """Attach a note (e.g. your critique) to a generation."""
+    async with _errors_as_tool_errors():
+        record = await _studio(ctx).note(generation, text)
+    return f"Noted on {record.label}."
+
+
 TOOLS: list[tuple[Any, ToolAnnotations]] = [
     (generate_art, _WRITE), (get_result, _READ), (cancel, _WRITE), (queue_status, _READ),
     (gpu_stats, _READ), (list_nodes, _READ), (list_models, _READ), (list_templates, _READ),
-    (upload_image, _WRITE),
+    (upload_image, _WRITE), (refine, _WRITE), (history, _READ), (compare, _READ),
+    (note, _WRITE),
 ]
 
 
@@ -252,25 +340,44 @@ def build_server(settings: Settings | None = None) -> MCPServer:
     """The MCP server, with one ComfyService opened for the server's lifetime."""
     settings = settings or Settings.from_env()
     library = TemplateLibrary(settings.user_workflows_dir)
-    running: list[ComfyService] = []
+    running: list[Studio] = []
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppState]:
-        async with ComfyService.open(settings, library) as service:
-            running.append(service)
+        async with Studio.open(settings, library) as studio:
+            running.append(studio)
             try:
-                yield AppState(service)
+                yield AppState(studio)
             finally:
-                running.remove(service)
+                running.remove(studio)
 
     def current() -> ComfyService:
         if not running:
             raise ResourceError("comfy-mcp is still starting; try again")
-        return running[-1]
+        return running[-1].service
 
     server = MCPServer("comfy-mcp", instructions=INSTRUCTIONS, version=__version__,
                        lifespan=lifespan)
     for fn, hints in TOOLS:
         server.add_tool(fn, annotations=hints, structured_output=False)
     register_resources(server, library, current)
+    server.add_prompt(Prompt.from_function(
+        art, name="art", description="Make an image, look at it, refine it in rounds"))
     return server
+
+
+def art(request: Annotated[str, Field(description="What to draw.")]) -> str:
+    """The /art loop as an MCP prompt, for clients without Claude Code commands."""
+    return prompt_text("art.md").replace("$ARGUMENTS", request)
+
+
+def prompt_text(name: str) -> str:
+    """A file of prompts/ without its frontmatter (the part Claude Code reads)."""
+    checkout = Path(__file__).resolve().parent.parent / "prompts" / name
+    if checkout.is_file():
+        text = checkout.read_text(encoding="utf-8")
+    else:
+        text = (resources.files("comfy_mcp.prompts") / name).read_text(encoding="utf-8")
+    if text.startswith("---"):
+        text = text.split("\n---", 1)[1].lstrip("-").lstrip("\n")
+    return text

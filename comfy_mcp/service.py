@@ -82,6 +82,20 @@ class Generation:
     cached: bool = False
     execution_seconds: float | None = None
     elapsed_seconds: float = 0.0
+    graph: dict[str, Any] = field(default_factory=dict)
+    generation_id: int | None = None  # the number in the generation history
+
+
+@dataclass
+class Prepared:
+    """A checked graph ready to queue, with the values that filled it."""
+
+    template: str | None
+    graph: dict[str, Any]
+    values: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    # Chosen before queueing so that a record can name the job whatever happens.
+    prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 class ComfyService:
@@ -135,22 +149,42 @@ class ComfyService:
         on_progress: ProgressCallback | None = None,
         wait_limit: float | None = None,
     ) -> Generation:
-        """Fill a template (or a raw workflow), check it, run it, save and preview outputs.
+        """Fill a template (or a raw workflow), check it, run it, save and preview outputs."""
+        job = await self.prepare(template_name, params, workflow=workflow, overrides=overrides)
+        return await self.execute(job, on_progress=on_progress, wait_limit=wait_limit)
 
-        ``overrides`` set any node input by ``"<node id>.<input>"``, after the parameters.
-        """
-        started = time.perf_counter()
+    async def prepare(
+        self,
+        template_name: str | None,
+        params: Mapping[str, Any],
+        *,
+        workflow: Any = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Prepared:
+        """The checked graph to submit. ``overrides`` set inputs by ``"<node id>.<input>"``."""
         template = await self._template(template_name, workflow)
         info = await self.object_info_for({n["class_type"] for n in template.graph.values()})
         resolved = resolve(template, params, info)
         graph = template.fill(resolved.values)
         apply_overrides(graph, overrides or {})
         check_graph(graph, info)
-        submitted, result = await self.run(graph, on_progress=on_progress,
-                                           wait_limit=wait_limit)
-        notes = resolved.notes + [f"Output dropped by ComfyUI: {p}" for p in submitted.dropped]
         values = {**resolved.values, **(overrides or {})}
-        generation = await self.collect(result, template.name, values, notes)
+        return Prepared(template.name, graph, values, resolved.notes)
+
+    async def execute(
+        self,
+        job: Prepared,
+        *,
+        on_progress: ProgressCallback | None = None,
+        wait_limit: float | None = None,
+    ) -> Generation:
+        """Run a prepared graph; save and preview what it made."""
+        started = time.perf_counter()
+        submitted, result = await self.run(job.graph, on_progress=on_progress,
+                                           wait_limit=wait_limit, prompt_id=job.prompt_id)
+        notes = job.notes + [f"Output dropped by ComfyUI: {p}" for p in submitted.dropped]
+        generation = await self.collect(result, job.template, job.values, notes)
+        generation.graph = job.graph
         generation.elapsed_seconds = time.perf_counter() - started
         return generation
 
@@ -201,13 +235,14 @@ class ComfyService:
         *,
         on_progress: ProgressCallback | None = None,
         wait_limit: float | None = None,
+        prompt_id: str | None = None,
     ) -> tuple[Submitted, JobResult]:
         """Queue a checked graph and follow it to its end.
 
         If the caller is cancelled at any point, even while POST /prompt is in flight, the
         ComfyUI job is cancelled too: the prompt id is ours, so we can name it either way.
         """
-        prompt_id = str(uuid.uuid4())
+        prompt_id = prompt_id or str(uuid.uuid4())
         watch = JobWatch(prompt_id, graph)
         self._watches[prompt_id] = watch
         if self.stream is not None:

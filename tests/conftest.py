@@ -42,7 +42,8 @@ def comfyui(
 
 @pytest.fixture
 def real_settings(comfyui: comfyui_cpu.Server, tmp_path: Path) -> Settings:
-    return Settings(comfyui_url=comfyui.url, output_dir=tmp_path / "out", wait_limit=120)
+    return Settings(comfyui_url=comfyui.url, output_dir=tmp_path / "out", wait_limit=120,
+                    db_path=tmp_path / "history.sqlite3")
 
 
 @pytest.fixture
