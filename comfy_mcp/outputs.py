@@ -279,7 +279,13 @@ def check_readable_file(
     if "\x00" in str(path):
         raise InputNotFoundError(f"{path!r} contains a NUL character; check the name")
     roots = [Path(root).expanduser().resolve() for root in allowed_roots]
-    resolved = _locate(Path(path).expanduser(), roots)
+    try:
+        resolved = _locate(Path(path).expanduser(), roots)
+    except RuntimeError:  # "~someone" with no such user
+        raise InputNotFoundError(f"{path} names an unknown home folder; check the name") from None
+    except OSError as exc:  # a name too long for the file system, and the like
+        raise InputNotFoundError(f"{str(path)[:80]!r}… cannot be a file here ({exc.strerror})"
+                                 ) from None
     if not any(resolved.is_relative_to(root) for root in roots):
         listed = ", ".join(str(root) for root in roots) or "none configured"
         raise OutsideAllowedFoldersError(

@@ -549,18 +549,14 @@ async def test_hostile_output_names_stay_in_the_output_folder(tmp_path: Path) ->
     assert not any(".." in name for name in written)
 
 
-# -- bugs found in files this work does not own ----------------------------------------------
+# -- bugs found by these tests, since fixed ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: outputs.check_readable_file lets RuntimeError "
-                   "('Could not determine home directory') escape for '~unknownuser/...'")
 def test_check_readable_file_unknown_user_home(tmp_path: Path) -> None:
     with pytest.raises(outputs.InputFileError):
         outputs.check_readable_file("~nosuchuser-xyz/a.png", [tmp_path], max_bytes=10)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: outputs.check_readable_file lets OSError "
-                   "(ENAMETOOLONG) escape from Path.exists() for a very long relative name")
 def test_check_readable_file_very_long_name(tmp_path: Path) -> None:
     with pytest.raises(outputs.InputFileError):
         outputs.check_readable_file("x" * 5000 + ".png", [tmp_path], max_bytes=10)
