@@ -175,12 +175,14 @@ def test_plugin_tool_names_are_valid() -> None:
         assert re.match(r"^[A-Za-z0-9_-]{1,64}$", full), full
 
 
-# -- .mcp.json and the launcher -----------------------------------------------------------
+# -- the bundled MCP server and its launcher ------------------------------------------------
 
 
 def mcp_server() -> dict[str, Any]:
-    config = load_json(".mcp.json")
-    servers = config.get("mcpServers", config)
+    """Inline in plugin.json: a root .mcp.json would also load as a broken project server
+    (no ${CLAUDE_PLUGIN_ROOT} there) for anyone running Claude Code in this repository."""
+    assert not (REPO / ".mcp.json").exists()
+    servers = manifest()["mcpServers"]
     assert list(servers) == [SERVER]
     return servers[SERVER]
 
