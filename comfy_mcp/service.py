@@ -207,7 +207,7 @@ class ComfyService:
             return workflow
         text = str(workflow).strip()
         if not text.startswith("{"):
-            roots = [Path.cwd(), self.settings.output_dir]
+            roots = self.settings.upload_roots()
             if self.settings.user_workflows_dir is not None:
                 roots.append(self.settings.user_workflows_dir)
             path = outputs.check_readable_file(text, roots, max_bytes=_WORKFLOW_MAX_BYTES)
