@@ -12,7 +12,7 @@ import io
 import logging
 from collections.abc import Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from comfy_mcp import images
 
@@ -49,7 +49,8 @@ def side_by_side(
         raise images.PreviewBudgetError(f"max_edge={max_edge} is too small for two images")
     left = _decoded(a, labels[0], max_edge)
     right = _decoded(b, labels[1], max_edge)
-    canvas = _compose(left, right, [_shorten(label) for label in labels], max_edge, gap)
+    names = [images.shorten_label(label, _MAX_LABEL_CHARS) for label in labels]
+    canvas = _compose(left, right, names, max_edge, gap)
     return images.make_preview(_bmp(canvas), max_edge=max_edge, max_bytes=max_bytes)
 
 
@@ -73,7 +74,7 @@ def _compose(
     font = ImageFont.load_default(size=font_px)
     x = gap
     for tile, label in zip(tiles, labels, strict=True):
-        _draw_label(tile, label, font, font_px)  # on the tile, so a long label is clipped
+        images.draw_label(tile, label, font, font_px)  # on the tile, so a long label is clipped
         canvas.paste(tile, (x, gap))
         x += tile.width + gap
     return canvas
@@ -96,28 +97,6 @@ def _width_at(image: Image.Image, height: int) -> int:
 def _at_height(image: Image.Image, height: int) -> Image.Image:
     size = (_width_at(image, height), height)
     return image.copy() if image.size == size else image.resize(size, _RESAMPLE)
-
-
-def _draw_label(
-    tile: Image.Image,
-    label: str,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    px: int,
-) -> None:
-    if not label:
-        return
-    draw = ImageDraw.Draw(tile)
-    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-    pad = max(2, px // 4)
-    draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
-    draw.text((pad - left, pad - top), label, font=font, fill=(255, 255, 255))
-
-
-def _shorten(label: str) -> str:
-    label = " ".join(str(label).split())
-    if len(label) <= _MAX_LABEL_CHARS:
-        return label
-    return label[: _MAX_LABEL_CHARS - 3] + "..."
 
 
 def _bmp(image: Image.Image) -> bytes:

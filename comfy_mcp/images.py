@@ -47,10 +47,12 @@ __all__ = [
     "Preview",
     "PreviewBudgetError",
     "contact_sheet",
+    "draw_label",
     "fit_result",
     "image_tokens",
     "make_preview",
     "probe",
+    "shorten_label",
 ]
 
 logger = logging.getLogger(__name__)
@@ -542,14 +544,15 @@ def _sheet_labels(count: int, labels: Sequence[str] | None) -> list[str]:
         return [str(number) for number in range(1, count + 1)]
     if len(labels) != count:
         raise ContactSheetError(f"got {len(labels)} labels for {count} images; give one each")
-    return [_shorten(label) for label in labels]
+    return [shorten_label(label) for label in labels]
 
 
-def _shorten(label: str) -> str:
-    label = " ".join(label.split())
-    if len(label) <= _MAX_LABEL_CHARS:
+def shorten_label(label: str, limit: int = _MAX_LABEL_CHARS) -> str:
+    """A label on one line, cut to ``limit`` characters."""
+    label = " ".join(str(label).split())
+    if len(label) <= limit:
         return label
-    return label[: _MAX_LABEL_CHARS - 3] + "..."
+    return label[: limit - 3] + "..."
 
 
 def _layout(sizes: Sequence[tuple[int, int]]) -> _Layout:
@@ -610,7 +613,7 @@ def _render_sheet(
     for index, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
         row, col = divmod(index, layout.cols)
         fitted = _fit_into(tile, cell_w, cell_h)
-        _draw_label(fitted, label, font, font_px)
+        draw_label(fitted, label, font, font_px)
         left = gap + col * (cell_w + gap) + (cell_w - fitted.width) // 2
         top = gap + row * (cell_h + gap) + (cell_h - fitted.height) // 2
         sheet.paste(fitted, (left, top))
@@ -624,7 +627,7 @@ def _fit_into(tile: Image.Image, width: int, height: int) -> Image.Image:
     return fitted.convert("RGB")
 
 
-def _draw_label(
+def draw_label(
     tile: Image.Image, label: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, px: int
 ) -> None:
     """Draw ``label`` white on black in the top-left corner; the tile clips it if tiny."""
