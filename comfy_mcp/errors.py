@@ -23,6 +23,7 @@ ComfyError
         JobInterrupted          someone interrupted or cancelled the job
         JobLost                 the job vanished from queue and history (ComfyUI restarted)
         ContactLost             ComfyUI stopped answering while we followed the job
+        FollowFailed            an answer we did not expect stopped us following the job
         NoOutputs               the job finished but produced no outputs
 """
 
@@ -259,6 +260,19 @@ class ContactLost(JobError):
             prompt_id,
             f"Lost contact with ComfyUI while following the job ({cause}). When ComfyUI "
             "answers again, get_result with this prompt id tells whether the job survived",
+        )
+
+
+class FollowFailed(JobError):
+    """Raised when an unexpected answer from ComfyUI stopped us following a queued job."""
+
+    def __init__(self, prompt_id: str, cause: BaseException) -> None:
+        self.cause = cause
+        detail = f"{type(cause).__name__}: {cause}"[:300]
+        super().__init__(
+            prompt_id,
+            f"comfy-mcp could not follow the job ({detail}). It may still be running in "
+            "ComfyUI; get_result with this prompt id fetches it",
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -59,7 +59,6 @@ class EventStream:
         self._is_connected = False
         self._first_attempt = anyio.Event()  # set once the first connect succeeded or failed
         self.connections = 0  # how many times a socket was opened (for tests and benches)
-        self.on_unrouted: Callable[[str, Mapping[str, Any]], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -142,13 +141,16 @@ class EventStream:
             return
         prompt_id = data.get("prompt_id")
         if kind == "status":
-            for subscriber in self._all():
-                subscriber.deliver(kind, data)
+            targets = self._all()
         elif isinstance(prompt_id, str) and prompt_id in self._subscribers:
-            for subscriber in list(self._subscribers[prompt_id]):
+            targets = list(self._subscribers[prompt_id])
+        else:
+            return
+        for subscriber in targets:
+            try:
                 subscriber.deliver(kind, data)
-        elif self.on_unrouted is not None:
-            self.on_unrouted(kind, data)
+            except Exception:  # one subscriber's bug must not end the socket for all jobs
+                logger.exception("a %s event could not be handled", kind)
 
     def _set_connected(self, connected: bool) -> None:
         if connected == self._is_connected:

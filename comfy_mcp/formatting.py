@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from comfy_mcp.jobs import queue_items
 from comfy_mcp.service import Generation
 from comfy_mcp.validation import combo_options, input_spec
 from comfy_mcp.workflows import Template
@@ -66,19 +67,20 @@ def _preview_line(gen: Generation) -> str:
     return text
 
 
-def queue_text(queue: Mapping[str, Any], own: Iterable[str] = ()) -> str:
-    """Running and pending jobs, in execution order."""
+def queue_text(queue: Mapping[str, Any], own: Iterable[str] = (), limit: int = 30) -> str:
+    """Running and pending jobs, in execution order (the first ``limit`` waiting ones)."""
     own = set(own)
-    running = [i for i in queue.get("queue_running") or [] if _item(i)]
-    pending = sorted((i for i in queue.get("queue_pending") or [] if _item(i)),
-                     key=lambda i: (i[0], i[1]))
+    running = [i for i in queue_items(queue, "queue_running") if _item(i)]
+    pending = [i for i in queue_items(queue, "queue_pending") if _item(i)]
     if not running and not pending:
         return "ComfyUI's queue is empty: nothing running, nothing waiting."
     lines = [f"{len(running)} running, {len(pending)} waiting."]
     for item in running:
         lines.append(f"running: {_job(item, own)}")
-    for position, item in enumerate(pending, 1):
+    for position, item in enumerate(pending[:limit], 1):
         lines.append(f"waiting #{position}: {_job(item, own)}")
+    if len(pending) > limit:
+        lines.append(f"... and {len(pending) - limit} more waiting")
     return "\n".join(lines)
 
 

@@ -97,10 +97,17 @@ class JobWatch:
         self.resync = False  # the socket dropped or came back: poll at once
 
     def deliver(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Take one event. A malformed one is logged and dropped: events come from the
+        server, and one bad field must never stop the socket that serves every job."""
         handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(data)
-            self.changed.set()
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+            logger.debug("ignoring malformed %s event for %s: %s", kind, self.prompt_id, exc)
+            return
+        self.changed.set()
 
     def connection_changed(self, connected: bool) -> None:
         # Events sent while the socket was down are lost for good: look at history now.
@@ -115,7 +122,9 @@ class JobWatch:
 
     def _on_execution_cached(self, data: Mapping[str, Any]) -> None:
         self.started = True
-        self.cached_nodes.update(str(n) for n in data.get("nodes") or [])
+        nodes = data.get("nodes")
+        if isinstance(nodes, list):
+            self.cached_nodes.update(str(n) for n in nodes)
 
     def _on_executing(self, data: Mapping[str, Any]) -> None:
         node = data.get("node")
@@ -128,7 +137,7 @@ class JobWatch:
 
     def _on_progress(self, data: Mapping[str, Any]) -> None:
         value, maximum = data.get("value"), data.get("max")
-        if isinstance(value, int) and isinstance(maximum, int) and maximum > 0:
+        if isinstance(value, int) and isinstance(maximum, int) and 0 <= value <= maximum < 2**31:
             self.step = (value, maximum)
             if data.get("node") is not None:
                 self.node = str(data["node"])
@@ -294,13 +303,30 @@ class JobFollower:
         return entry
 
 
-def _queue_position(queue: Mapping[str, Any], prompt_id: str) -> tuple[int, int] | None:
+def queue_items(queue: Any, key: str) -> list[list[Any]]:
+    """The well-formed items of ``queue_running`` or ``queue_pending``, in execution order.
+
+    ComfyUI keeps pending items in heap order; sorting by number, then id, gives the order
+    they will run in.
+    """
+    items = queue.get(key) if isinstance(queue, dict) else None
+    if not isinstance(items, list):
+        return []
+    good = [item for item in items if _is_item(item)]
+    return sorted(good, key=lambda item: (_number(item[0]), str(item[1])))
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else float("inf")
+
+
+def _queue_position(queue: Any, prompt_id: str) -> tuple[int, int] | None:
     """(position, jobs ahead + ours) with 0 meaning running; None when not queued."""
-    running = [i for i in queue.get("queue_running") or [] if _is_item(i)]
+    running = queue_items(queue, "queue_running")
     if any(item[1] == prompt_id for item in running):
         return 0, len(running)
-    pending = sorted((i for i in queue.get("queue_pending") or [] if _is_item(i)),
-                     key=lambda item: (item[0], item[1]))
+    pending = queue_items(queue, "queue_pending")
     for index, item in enumerate(pending):
         if item[1] == prompt_id:
             return index + 1 + len(running), len(pending) + len(running)
@@ -332,7 +358,8 @@ def result_from_history(watch: JobWatch, entry: Mapping[str, Any]) -> JobResult:
     """Turn a history entry into a JobResult, or raise the reason it has none."""
     prompt_id = watch.prompt_id
     status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
-    messages = [m for m in status.get("messages") or [] if _is_item(m)]
+    raw = status.get("messages")
+    messages = [(m[0], m[1]) for m in raw if _is_item(m)] if isinstance(raw, list) else []
     for name, data in messages:
         if name == "execution_error" and isinstance(data, dict):
             raise job_failed(prompt_id, data)
@@ -376,19 +403,22 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _all_cached(messages: list[list[Any]], watch: JobWatch) -> bool:
+def _all_cached(messages: list[tuple[Any, Any]], watch: JobWatch) -> bool:
     nodes = set(watch.cached_nodes)
     for name, data in messages:
         if name == "execution_cached" and isinstance(data, dict):
-            nodes.update(str(n) for n in data.get("nodes") or [])
+            cached = data.get("nodes")
+            if isinstance(cached, list):
+                nodes.update(str(n) for n in cached)
     return bool(watch.graph) and set(map(str, watch.graph)) <= nodes
 
 
-def _execution_seconds(messages: list[list[Any]]) -> float | None:
+def _execution_seconds(messages: list[tuple[Any, Any]]) -> float | None:
     stamps = {name: data.get("timestamp") for name, data in messages if isinstance(data, dict)}
     start, end = stamps.get("execution_start"), stamps.get("execution_success")
     if isinstance(start, (int, float)) and isinstance(end, (int, float)):
-        return max(end - start, 0) / 1000
+        seconds = (end - start) / 1000
+        return seconds if 0 <= seconds < 10**7 else None
     return None
 
 
@@ -399,7 +429,8 @@ def parse_outputs(outputs: Mapping[str, Any]) -> tuple[list[OutputFile], list[st
     for node_id, ui in outputs.items():
         if not isinstance(ui, dict):
             continue
-        animated = any(v is True for v in ui.get("animated") or [] if isinstance(v, bool))
+        flags = ui.get("animated")
+        animated = isinstance(flags, list) and True in flags
         for key, items in ui.items():
             if not isinstance(items, list):
                 continue

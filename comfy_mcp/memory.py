@@ -752,7 +752,8 @@ def _newest(db: sqlite3.Connection) -> int | None:
 
 def _dumps(value: Any) -> str:
     # default=str: a stray Path or enum in the parameters must not lose the record.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    # ensure_ascii: a lone surrogate from a hostile file name still encodes.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
 
 
 def _files_json(files: Sequence[StoredFile]) -> str:

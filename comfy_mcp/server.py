@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
+from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
@@ -62,12 +63,28 @@ def _service(ctx: Context) -> ComfyService:
 
 @asynccontextmanager
 async def _errors_as_tool_errors() -> AsyncIterator[None]:
+    """Every failure as text the assistant can act on; never the SDK's bare
+    "Error executing tool", which tells it nothing."""
     try:
         yield
     except ComfyError as exc:
-        raise ToolError(str(exc)) from exc
+        raise ToolError(_clip(str(exc))) from exc
     except ValueError as exc:  # unsafe paths, undecodable images: messages say what to do
-        raise ToolError(str(exc)) from exc
+        raise ToolError(_clip(str(exc))) from exc
+    except (ToolError, MCPError):
+        raise
+    except Exception as exc:
+        logger.exception("unexpected error in a tool")
+        raise ToolError(
+            f"Unexpected error ({_clip(f'{type(exc).__name__}: {exc}', 300)}). ComfyUI gave "
+            "an answer comfy-mcp did not expect, or this is a bug; the server log has the "
+            "details. Retrying once is reasonable."
+        ) from exc
+
+
+def _clip(text: str, limit: int = 4000) -> str:
+    """Messages can quote what ComfyUI sent; keep them a readable size."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Progress:

@@ -42,6 +42,7 @@ from comfy_mcp.jobs import (
     OutputFile,
     ProgressCallback,
     entry_finished,
+    queue_items,
     result_from_history,
 )
 from comfy_mcp.validation import ObjectInfo, check_graph, resolve
@@ -281,9 +282,9 @@ class ComfyService:
     async def _known(self, prompt_id: str) -> bool:
         try:
             queue = await self.client.queue()
-            in_queue = any(len(item) > 1 and item[1] == prompt_id
+            in_queue = any(item[1] == prompt_id
                            for key in ("queue_running", "queue_pending")
-                           for item in queue.get(key) or [])
+                           for item in queue_items(queue, key))
             return in_queue or await self.client.history(prompt_id) is not None
         except ComfyError:
             return False
@@ -319,8 +320,8 @@ class ComfyService:
     async def cancel(self, prompt_id: str) -> str:
         """Remove a pending job or interrupt a running one; says which happened."""
         queue = await self.client.queue()
-        running = [i[1] for i in queue.get("queue_running") or [] if len(i) > 1]
-        pending = [i[1] for i in queue.get("queue_pending") or [] if len(i) > 1]
+        running = [i[1] for i in queue_items(queue, "queue_running")]
+        pending = [i[1] for i in queue_items(queue, "queue_pending")]
         watch = self._watches.get(prompt_id)
         if watch is not None and (prompt_id in pending or prompt_id in running):
             watch.cancelled = True
@@ -454,7 +455,7 @@ def _graph_from(
     if entry is not None:
         items.append(entry.get("prompt"))
     for key in ("queue_running", "queue_pending"):
-        items += [i for i in queue.get(key) or [] if len(i) > 1 and i[1] == prompt_id]
+        items += [i for i in queue_items(queue, key) if i[1] == prompt_id]
     for item in items:
         if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
             return item[2]

@@ -22,6 +22,7 @@ from comfy_mcp import compare, images
 from comfy_mcp.config import Settings
 from comfy_mcp.errors import (
     ComfyError,
+    FollowFailed,
     InvalidParameter,
     JobError,
     JobInterrupted,
@@ -46,7 +47,7 @@ T = TypeVar("T")
 _IMG2IMG_KEEP = ("negative_prompt", "steps", "cfg", "sampler", "scheduler", "checkpoint")
 
 
-class HistoryOff(ComfyError):
+class HistoryOff(HistoryError):
     """Raised by history tools when the history database could not be opened."""
 
 
@@ -112,6 +113,16 @@ class Studio:
         except JobError as exc:
             await record("failed", None, str(exc))
             raise
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await record("cancelled", None, "the request was cancelled")
+            raise
+        except (ComfyError, OSError):
+            raise  # nothing was queued, or ComfyUI could not be reached: nothing to record
+        except Exception as exc:  # an answer we did not expect: keep the job findable
+            logger.exception("lost track of job %s", job.prompt_id)
+            await record("failed", None, f"{type(exc).__name__}: {exc}")
+            raise FollowFailed(job.prompt_id, exc) from exc
         gen.generation_id = await record("success", gen, None)
         return gen
 
@@ -119,6 +130,7 @@ class Studio:
         self, job: Prepared, parent: int | None, kind: str, status: str,
         gen: Generation | None, error: str | None,
     ) -> int | None:
+        """Add the job to the history; a failing history never fails the generation."""
         if self.store is None:
             return None
         add = partial(
@@ -129,7 +141,13 @@ class Studio:
             elapsed_seconds=gen.elapsed_seconds if gen else None,
             execution_seconds=gen.execution_seconds if gen else None,
         )
-        return (await self._call(add)).id
+        try:
+            return (await self._call(add)).id
+        except HistoryError as exc:
+            logger.warning("generation %s not recorded: %s", job.prompt_id, exc)
+            if gen is not None:
+                gen.notes.append(f"not recorded in the generation history: {exc}")
+            return None
 
     async def result(self, prompt_id: str, *, wait_limit: float = 0.0) -> Generation:
         """An earlier job's outputs; its history record is brought up to date."""

@@ -218,7 +218,8 @@ def test_credential_errors_never_echo_secrets(env: dict[str, str], words: str | 
 
 @pytest.mark.parametrize("env", [
     {"COMFYUI_TOKEN": TOKEN},
-    {"COMFYUI_BASIC_AUTH": f"alice:{PASSWORD}", "COMFYUI_HEADERS": json.dumps({"X-Api-Key": API_KEY})},
+    {"COMFYUI_BASIC_AUTH": f"alice:{PASSWORD}",
+     "COMFYUI_HEADERS": json.dumps({"X-Api-Key": API_KEY})},
     {"COMFYUI_URL_LOGIN": f"alice:{PASSWORD}"},
 ], ids=["bearer", "basic+header", "url-login"])
 async def test_credentials_on_http_and_websocket_not_in_logs(
