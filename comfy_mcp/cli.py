@@ -97,8 +97,7 @@ def _serve_http(settings: Settings, args: argparse.Namespace) -> int | str:
         return f"comfy-mcp: {exc}"
     except OSError as exc:
         return f"comfy-mcp: cannot listen on {host}:{port} ({exc.strerror or exc})"
-    # Room for a base64 upload_image of the largest allowed size, plus the JSON around it.
-    max_body = settings.upload_max_bytes * 4 // 3 + 2**20
+    max_body = http_transport.body_limit(settings.upload_max_bytes)
     serve = partial(http_transport.serve_http, build_server(settings), host=host, port=port,
                     token=token, max_body_bytes=max_body, sock=sock)
     try:

@@ -17,14 +17,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+import anyio
 import httpx
 
 from comfy_mcp.errors import (
     ComfyHTTPError,
     ComfyTimeout,
     ComfyUnreachable,
+    InvalidParameter,
     NodeProblem,
     PathRefused,
     PromptRejected,
@@ -34,6 +36,7 @@ from comfy_mcp.errors import (
 logger = logging.getLogger(__name__)
 
 _EXCERPT = 200
+_MAX_DOWNLOAD = 512 * 2**20
 _FILE_TYPES = ("output", "input", "temp")
 
 
@@ -66,6 +69,7 @@ class ComfyClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
+        self.max_download = _MAX_DOWNLOAD
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
@@ -90,12 +94,12 @@ class ComfyClient:
         return await self._json("GET", "/system_stats")
 
     async def object_info(self, class_type: str | None = None) -> dict[str, Any]:
-        path = "/object_info" if class_type is None else f"/object_info/{class_type}"
+        path = "/object_info" if class_type is None else f"/object_info/{_segment(class_type)}"
         return await self._json("GET", path)
 
     async def models(self, folder: str) -> list[str]:
         """File names in one model folder (``checkpoints``, ``loras``, ...)."""
-        return await self._json("GET", f"/models/{folder}")
+        return await self._json("GET", f"/models/{_segment(folder)}")
 
     async def model_folders(self) -> list[str]:
         return await self._json("GET", "/models")
@@ -105,7 +109,7 @@ class ComfyClient:
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of one prompt, or None while ComfyUI has none."""
-        data = await self._json("GET", f"/history/{prompt_id}")
+        data = await self._json("GET", f"/history/{_segment(prompt_id)}")
         entry = data.get(prompt_id) if isinstance(data, dict) else None
         return entry if isinstance(entry, dict) else None
 
@@ -130,10 +134,17 @@ class ComfyClient:
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """Download one file exactly as history named it."""
         if type not in _FILE_TYPES:
-            raise PathRefused("GET", "/view", 0, "", f"unknown file type {type!r}")
+            raise InvalidParameter("type", f"{type!r} is not a ComfyUI file type; it is one of "
+                                   "output, input or temp")
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        response = await self._send("GET", "/view", params=params)
-        return response.content
+        url = self.url("/view")
+        deadline = max(self.timeout * 4, 120.0)
+        with _translate_errors(url, deadline), anyio.fail_after(deadline):
+            async with self._http.stream("GET", url, params=params) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _status_error("GET", response)
+                return await _read_capped(response, self.max_download)
 
     async def upload_image(
         self, data: bytes, filename: str, *, subfolder: str = "", overwrite: bool = False
@@ -166,7 +177,8 @@ class ComfyClient:
         self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs: Any
     ) -> httpx.Response:
         url = self.url(path)
-        with _translate_errors(url, self.timeout):
+        # httpx's timeout is per read; a server that drips bytes needs a total deadline too.
+        with _translate_errors(url, self.timeout), anyio.fail_after(self.timeout * 2):
             response = await self._http.request(method, url, **kwargs)
         logger.debug("%s %s -> %s", method, url, response.status_code)
         if response.status_code not in expect:
@@ -181,12 +193,34 @@ def _translate_errors(url: str, timeout: float) -> Iterator[None]:
         yield
     except httpx.ConnectTimeout as exc:
         raise ComfyUnreachable(_origin(url), "connection timed out") from exc
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, TimeoutError) as exc:
         raise ComfyTimeout(url, timeout) from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise InvalidParameter("request", f"cannot be sent to ComfyUI ({exc}); check the "
+                               "names and ids given") from exc
     except httpx.ConnectError as exc:
         raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
     except httpx.TransportError as exc:
         raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
+
+
+def _segment(value: str) -> str:
+    """One path segment, percent-encoded: an id or name can never change the path."""
+    return quote(str(value), safe="")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ComfyHTTPError(
+                "GET", str(response.url), response.status_code, "",
+                f"The file is larger than {limit // 2**20} MiB, the most comfy-mcp downloads; "
+                "it stays on the ComfyUI server",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _origin(url: str) -> str:

@@ -43,10 +43,17 @@ class Settings:
     db_path: Path | None = None
 
     def upload_roots(self) -> list[Path]:
-        """The folders ``upload_image`` may read files from."""
+        """The folders ``upload_image`` (and workflow paths) may read files from.
+
+        By default the working directory and the output folder; but a working directory
+        that is a file system root or the home folder itself (a server started from ``/``
+        or ``~``) would open every file, so it is left out then.
+        """
         if self.upload_dirs is not None:
             return list(self.upload_dirs)
-        return [Path.cwd(), self.output_dir]
+        cwd = Path.cwd().resolve()
+        too_broad = cwd == Path(cwd.anchor) or cwd == Path.home().resolve()
+        return [self.output_dir] if too_broad else [cwd, self.output_dir]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -155,8 +162,8 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{key}={raw!r} must be greater than 0")
+    if not 0 < value < 10**7:  # also refuses nan and inf
+        raise ConfigError(f"{key}={raw!r} must be a number of seconds greater than 0")
     return value
 
 

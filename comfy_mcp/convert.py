@@ -27,6 +27,17 @@ def is_ui_workflow(data: Any) -> bool:
 
 def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, Any]:
     """The API-format graph of a UI workflow, using the server's node definitions."""
+    try:
+        return _convert(ui, object_info)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, WorkflowError):
+            raise
+        raise WorkflowError(f"the UI workflow is malformed ({type(exc).__name__}: {exc}); "
+                            "open it in ComfyUI and save it again, or use 'Export (API)'") \
+            from exc
+
+
+def _convert(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, Any]:
     if (ui.get("definitions") or {}).get("subgraphs"):
         raise WorkflowError("this workflow uses subgraphs, which comfy-mcp cannot convert; "
                             "export it with 'Export (API)' in ComfyUI instead")

@@ -169,12 +169,16 @@ class GraphInvalid(WorkflowError):
 class PromptNotFound(ComfyError):
     """Raised when ComfyUI has no record of a prompt id in its queue or history."""
 
-    def __init__(self, prompt_id: str) -> None:
+    def __init__(self, prompt_id: str, recorded: str = "") -> None:
         self.prompt_id = prompt_id
-        super().__init__(
-            f"ComfyUI has no job with prompt id {prompt_id} in its queue or history. The id "
-            "may be mistyped, or ComfyUI was restarted since (it keeps history in memory only)."
-        )
+        if recorded:
+            why = (f"comfy-mcp recorded it as generation {recorded}; ComfyUI keeps no trace "
+                   "of cancelled jobs, and forgets all jobs when it restarts")
+        else:
+            why = ("the id may be mistyped, or ComfyUI was restarted since (it keeps history "
+                   "in memory only)")
+        super().__init__(f"ComfyUI has no job with prompt id {prompt_id} in its queue or "
+                         f"history: {why}.")
 
 
 class JobStillRunning(ComfyError):
@@ -256,10 +260,16 @@ class ContactLost(JobError):
 
     def __init__(self, prompt_id: str, cause: Exception) -> None:
         self.cause = cause
+        if isinstance(cause, ComfyUnreachable):
+            what = f"ComfyUI at {cause.url} stopped answering ({cause.reason})"
+        elif isinstance(cause, ComfyHTTPError):
+            what = f"ComfyUI answered HTTP {cause.status}"
+        else:
+            what = "ComfyUI stopped answering in time"
         super().__init__(
             prompt_id,
-            f"Lost contact with ComfyUI while following the job ({cause}). When ComfyUI "
-            "answers again, get_result with this prompt id tells whether the job survived",
+            f"{what} while the job ran; it may have crashed or been stopped. When it answers "
+            "again, get_result with this prompt id tells whether the job survived",
         )
 
 

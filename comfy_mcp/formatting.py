@@ -39,21 +39,29 @@ def generation_text(gen: Generation) -> str:
                          "the files of that earlier run")
     lines += [f"note: {note}" for note in gen.notes]
     lines += _file_lines(gen)
-    lines += [f"text output: {text}" for text in gen.texts]
+    lines += [f"text output: {_clip(text, _MAX_TEXT)}" for text in gen.texts[:10]]
     if gen.previews and len(gen.files) > 1:
         lines.append(_preview_line(gen))
     return "\n".join(lines)
 
 
+_MAX_FILE_LINES = 40
+_MAX_TEXT = 2000
+
+
 def _file_lines(gen: Generation) -> list[str]:
     lines = ["saved:"] if gen.files else []
-    for number, item in enumerate(gen.files, 1):
+    for number, item in enumerate(gen.files[:_MAX_FILE_LINES], 1):
         out = item.output
         size = f" ({item.width}x{item.height})" if item.width else ""
         kind = "" if out.media == "image" else f" [{out.media}]"
         temp = " [temporary preview]" if out.temporary else ""
         where = str(item.path) if item.path else f"NOT SAVED: {item.error}"
         lines.append(f"  {number}. {where}{size}{kind}{temp}")
+    if len(gen.files) > _MAX_FILE_LINES:
+        folder = next((f.path.parent for f in gen.files if f.path), None)
+        lines.append(f"  ... and {len(gen.files) - _MAX_FILE_LINES} more"
+                     + (f", also in {folder}" if folder else ""))
     return lines
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_PORT",
     "TOKEN_ENV",
     "RequestGuard",
+    "body_limit",
     "build_app",
     "check_exposure",
     "is_loopback",
@@ -147,6 +148,12 @@ class RequestGuard:
             if not valid:
                 return 401, "missing or wrong bearer token"
         return None
+
+
+def body_limit(upload_max_bytes: int) -> int:
+    """Largest request body to accept: an ``upload_image`` of the largest allowed size,
+    base64 (4/3 of the bytes), plus room for the JSON-RPC message around it."""
+    return upload_max_bytes * 4 // 3 + 2**20
 
 
 def build_app(

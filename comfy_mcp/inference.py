@@ -50,8 +50,14 @@ def infer_parameters(graph: Mapping[str, Any]) -> dict[str, Parameter]:
                 add(name, kind, Binding(sampler, input_name))
     for node_id, node in graph.items():
         _node_roles(node_id, node, add)
-    return {name: Parameter(name, kind, tuple(bindings), **extra)
+    return {name: Parameter(name, kind, tuple(bindings), default=_value(graph, bindings[0]),
+                            **extra)
             for name, (kind, bindings, extra) in found.items()}
+
+
+def _value(graph: Mapping[str, Any], binding: Binding) -> Any:
+    """What the graph itself holds: the parameter's default, so nothing changes unasked."""
+    return graph[binding.node_id]["inputs"].get(binding.input_name)
 
 
 def _node_roles(node_id: str, node: Mapping[str, Any], add: Any) -> None:

@@ -46,6 +46,8 @@ _HISTORY_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 # Failures a poll survives: ComfyUI restarting, a proxy blip, a slow answer.
 _TRANSIENT = (ComfyUnreachable, ComfyTimeout, ComfyHTTPError)
 _WS_SAFETY_POLL = 5.0
+# How long ComfyUI may stay unreachable while we follow a job: long enough for a restart.
+CONTACT_GRACE = 30.0
 _VIDEO = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 _AUDIO = (".flac", ".mp3", ".wav", ".ogg", ".opus", ".m4a")
 
@@ -206,6 +208,7 @@ class JobFollower:
         self._missing = 0
         self._poll_delay = 0.1
         self._unreachable: ComfyError | None = None
+        self._unreachable_since = 0.0
 
     async def wait(self, wait_limit: float) -> JobResult:
         deadline = anyio.current_time() + wait_limit
@@ -254,10 +257,14 @@ class JobFollower:
             queue = await self.client.queue()
             entry = await self.client.history(self.watch.prompt_id)
         except _TRANSIENT as exc:
+            now = anyio.current_time()
             if self._unreachable is None:
                 logger.warning("lost contact with ComfyUI while following %s: %s",
                                self.watch.prompt_id, exc)
+                self._unreachable_since = now
             self._unreachable = exc
+            if now - self._unreachable_since > CONTACT_GRACE:  # not a restart: it is gone
+                raise ContactLost(self.watch.prompt_id, exc) from exc
             return None
         self._unreachable = None
         if entry is not None and entry_finished(entry):

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import stat
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -46,6 +47,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 8
+# What a generation may put on the user's disk: media, plus plain data some nodes write.
+# Anything else (scripts, CLAUDE.md, configs) stays on the ComfyUI server.
+SAVED_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .webp .gif .bmp .tif .tiff .avif .apng"
+    " .mp4 .webm .mov .mkv .avi .m4v .flac .mp3 .wav .ogg .opus .m4a .aac"
+    " .glb .gltf .obj .ply .stl .latent .txt .json .csv".split()
+)
+# Unicode categories that hide or reorder what a name shows: format (bidi overrides,
+# zero-width), surrogates, private use, unassigned.
+_INVISIBLE = frozenset({"Cf", "Cs", "Co", "Cn"})
 """Longest file or folder name (UTF-8 bytes) that common file systems accept."""
 
 _MAX_COPIES = 10_000
@@ -112,6 +124,8 @@ def safe_relative_path(subfolder: str, filename: str) -> PurePosixPath:
     if subfolder.startswith(("/", "\\")):
         raise UnsafePathError("subfolder", subfolder, "it is an absolute path")
     parts = [part for part in subfolder.replace("\\", "/").split("/") if part]
+    if len(parts) > MAX_DEPTH:
+        raise UnsafePathError("subfolder", subfolder, f"it is over {MAX_DEPTH} folders deep")
     for part in parts:
         _check_component("subfolder", subfolder, part)
     if not filename:
@@ -121,6 +135,11 @@ def safe_relative_path(subfolder: str, filename: str) -> PurePosixPath:
             "filename", filename, "it contains a path separator; folders go in subfolder"
         )
     _check_component("filename", filename, filename)
+    suffix = PurePosixPath(filename).suffix.lower()
+    if suffix not in SAVED_SUFFIXES:
+        raise UnsafePathError("filename", filename, f"comfy-mcp saves only media files, not "
+                              f"{suffix or 'files without an extension'}; it stays on the "
+                              "ComfyUI server")
     return PurePosixPath(*parts, filename)
 
 
@@ -129,6 +148,13 @@ def _check_component(field: str, value: str, part: str) -> None:
         raise UnsafePathError(field, value, f"it contains a {part!r} part")
     if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in part):
         raise UnsafePathError(field, value, "it contains a NUL or other control character")
+    if any(unicodedata.category(char) in _INVISIBLE for char in part):
+        raise UnsafePathError(field, value, "it contains invisible or direction-changing "
+                              "characters that would disguise the name")
+    if part.startswith("."):
+        raise UnsafePathError(field, value, "hidden names (starting with '.') are not saved")
+    if part.endswith((".", " ")):
+        raise UnsafePathError(field, value, "it ends with a dot or a space")
     if ":" in part:
         raise UnsafePathError(field, value, "it contains ':' (a drive or Windows stream)")
     if part.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:

@@ -46,6 +46,7 @@ _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempoten
                          open_world_hint=False)
 
 Content = list[TextContent | ImageContent | ResourceLink]
+_MAX_ID = 2**62  # generation ids are SQLite integers
 
 
 @dataclass
@@ -182,7 +183,7 @@ async def get_result(
 async def cancel(ctx: Context, prompt_id: str) -> str:
     """Cancel a job: remove it from the queue, or interrupt it if running."""
     async with _errors_as_tool_errors():
-        outcome = await _service(ctx).cancel(prompt_id)
+        outcome = await _studio(ctx).cancel(prompt_id)
     return f"{prompt_id}: {outcome}"
 
 
@@ -223,6 +224,7 @@ async def list_models(
     ctx: Context,
     folder: Annotated[str, Field(description="checkpoints, loras, vae, upscale_models…")]
     = "checkpoints",
+    limit: Annotated[int, Field(ge=1, le=2000)] = 200,
 ) -> str:
     """List model files in one ComfyUI model folder."""
     client = _service(ctx).client
@@ -233,7 +235,9 @@ async def list_models(
         names = await client.models(folder)
     if not names:
         return f"No files in {folder}."
-    return f"{len(names)} in {folder}:\n" + "\n".join(names)
+    shown = [str(n) for n in names[:limit]]
+    more = f"\n... and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} in {folder}:\n" + "\n".join(shown) + more
 
 
 async def list_templates(ctx: Context) -> str:
@@ -274,12 +278,13 @@ def _still_running(exc: JobStillRunning) -> str:
 
 async def refine(
     ctx: Context,
-    generation: Annotated[int, Field(description="Generation id (#N) to start from.")],
+    generation: Annotated[int, Field(description="Generation id (#N) to start from.",
+                                     ge=1, le=_MAX_ID)],
     mode: Annotated[Literal["refine", "vary", "img2img", "rerun"], Field(
         description="refine: keep seed, apply changes; vary: new seed; img2img: start "
                     "from the picked image; rerun: exact repeat.")] = "refine",
-    pick: Annotated[int | None, Field(description="Image number in that generation.")]
-    = None,
+    pick: Annotated[int | None, Field(description="Image number in that generation.", ge=1,
+                                      le=4096)] = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,
     steps: int | None = None,
@@ -305,7 +310,8 @@ async def refine(
 
 async def history(
     ctx: Context,
-    generation: Annotated[int | None, Field(description="Show this one's lineage.")] = None,
+    generation: Annotated[int | None, Field(description="Show this one's lineage.", ge=1,
+                                            le=_MAX_ID)] = None,
     limit: Annotated[int, Field(ge=1, le=200)] = 10,
 ) -> str:
     """Recent generations, or one generation's ancestors and children with changes."""
@@ -321,10 +327,10 @@ async def history(
 
 async def compare(
     ctx: Context,
-    a: Annotated[int, Field(description="First generation id.")],
-    b: Annotated[int, Field(description="Second generation id.")],
-    pick_a: int | None = None,
-    pick_b: int | None = None,
+    a: Annotated[int, Field(description="First generation id.", ge=1, le=_MAX_ID)],
+    b: Annotated[int, Field(description="Second generation id.", ge=1, le=_MAX_ID)],
+    pick_a: Annotated[int | None, Field(ge=1, le=4096)] = None,
+    pick_b: Annotated[int | None, Field(ge=1, le=4096)] = None,
 ) -> Content:
     """Two generations side by side in one image, with their parameter differences."""
     async with _errors_as_tool_errors():
@@ -336,7 +342,7 @@ async def compare(
 
 async def note(
     ctx: Context,
-    generation: int,
+    generation: Annotated[int, Field(ge=1, le=_MAX_ID)],
     text: Annotated[str, Field(description="Your critique; empty clears it.")],
 ) -> str:
     """Attach a note (e.g. your critique) to a generation."""

@@ -45,7 +45,7 @@ from comfy_mcp.jobs import (
     queue_items,
     result_from_history,
 )
-from comfy_mcp.validation import ObjectInfo, check_graph, resolve
+from comfy_mcp.validation import ObjectInfo, check_graph, check_override_inputs, resolve
 from comfy_mcp.workflows import Template, TemplateLibrary, check_api_graph
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ PREVIEW_BYTES = 600_000
 PREVIEW_TOKENS = 20_000
 _SOCKET_GRACE = 2.0
 _WORKFLOW_MAX_BYTES = 10 * 2**20
+_PER_CLASS_LIMIT = 24
 
 
 @dataclass
@@ -114,6 +115,8 @@ class ComfyService:
         self.stream = stream
         self.library = library or TemplateLibrary(settings.user_workflows_dir)
         self._watches: dict[str, JobWatch] = {}  # jobs this process is following
+        # Decoding a large output takes hundreds of MB; concurrent jobs take turns.
+        self._decoding = anyio.CapacityLimiter(1)
 
     @classmethod
     @asynccontextmanager
@@ -168,6 +171,7 @@ class ComfyService:
         resolved = resolve(template, params, info)
         graph = template.fill(resolved.values)
         apply_overrides(graph, overrides or {})
+        check_override_inputs(graph, overrides or {}, info)
         check_graph(graph, info)
         values = {**resolved.values, **(overrides or {})}
         return Prepared(template.name, graph, values, resolved.notes)
@@ -217,6 +221,9 @@ class ComfyService:
             return json.loads(text)
         except ValueError as exc:
             raise WorkflowError(f"the workflow is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise WorkflowError("the workflow JSON is nested too deeply to be a workflow") \
+                from None
 
     async def object_info_for(self, class_types: set[str]) -> dict[str, Any]:
         """Node definitions of just these classes (missing ones are left out)."""
@@ -227,6 +234,9 @@ class ComfyService:
             if isinstance(data, dict) and isinstance(data.get(class_type), dict):
                 info[class_type] = data[class_type]
 
+        if len(class_types) > _PER_CLASS_LIMIT:  # one big answer beats hundreds of small ones
+            everything = await self.client.object_info()
+            return {c: everything[c] for c in class_types if isinstance(everything.get(c), dict)}
         await concurrently(fetch(class_type) for class_type in class_types)
         return info
 
@@ -351,7 +361,12 @@ class ComfyService:
         await concurrently(fetch(index) for index in range(len(saved)))
         stills = [blobs[i] for i, s in enumerate(saved)
                   if s.output.media in ("image", "animation") and blobs[i]]
-        previews = await anyio.to_thread.run_sync(_previews, stills) if stills else []
+        previews = []
+        if stills:
+            previews = await anyio.to_thread.run_sync(_previews, stills, limiter=self._decoding)
+        if len(previews) and len(stills) > 1 and len(previews) - 1 < len(stills):
+            notes.append(f"{len(stills) - len(previews) + 1} of {len(stills)} images have no "
+                         "single preview (over the result size budget); all are saved")
         return Generation(
             result.prompt_id, template, values, saved, previews, notes, result.texts,
             result.cached, result.execution_seconds,
@@ -427,18 +442,22 @@ def apply_overrides(graph: dict[str, Any], overrides: Mapping[str, Any]) -> None
 
 def _previews(stills: list[bytes]) -> list[images.Preview]:
     """Previews within the result budget; a broken image is left out, not fatal."""
-    usable = []
-    for data in stills:
-        try:
-            images.probe(data)
-            usable.append(data)
-        except images.ImageError as exc:
-            logger.warning("no preview for one output: %s", exc)
     try:
-        return images.fit_result(usable, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
-    except images.ImageError as exc:  # pixel data broken past the header
-        logger.warning("no previews: %s", exc)
+        return images.fit_result(stills, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
+    except images.ImageError as exc:  # one output is not a readable image: find which
+        logger.warning("previews: %s", exc)
+    usable = [data for data in stills if _decodes(data)]
+    if not usable or len(usable) == len(stills):
         return []
+    return images.fit_result(usable, total_bytes=PREVIEW_BYTES, max_tokens=PREVIEW_TOKENS)
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        images.make_preview(data, max_edge=32)
+    except images.ImageError:
+        return False
+    return True
 
 
 def _file_error(exc: Exception, out: OutputFile) -> str:

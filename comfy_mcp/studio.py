@@ -27,6 +27,7 @@ from comfy_mcp.errors import (
     JobError,
     JobInterrupted,
     JobStillRunning,
+    PromptNotFound,
 )
 from comfy_mcp.jobs import ProgressCallback
 from comfy_mcp.memory import (
@@ -151,19 +152,51 @@ class Studio:
 
     async def result(self, prompt_id: str, *, wait_limit: float = 0.0) -> Generation:
         """An earlier job's outputs; its history record is brought up to date."""
-        gen = await self.service.result(prompt_id, wait_limit=wait_limit)
-        if self.store is not None:
-            found = await self._call(partial(self.store.by_prompt_id, prompt_id))
-            if found is not None:
-                update = partial(
-                    self.store.update_result, found.id, status="success",
-                    files=[StoredFile.from_saved(f) for f in gen.files],
-                    execution_seconds=gen.execution_seconds,
-                )
-                await self._call(update)
-                gen.generation_id, gen.template, gen.values = found.id, found.template, \
-                    found.params
+        found = await self._by_prompt_id(prompt_id)
+        try:
+            gen = await self.service.result(prompt_id, wait_limit=wait_limit)
+        except PromptNotFound:
+            if found is not None and found.status != "still_running":
+                raise PromptNotFound(prompt_id, recorded=f"{found.label} ({found.status})") \
+                    from None
+            raise
+        except JobInterrupted as exc:
+            await self._update(found, status="cancelled", error=str(exc))
+            raise
+        except JobError as exc:
+            await self._update(found, status="failed", error=str(exc))
+            raise
+        if found is not None:
+            await self._update(found, status="success",
+                               files=[StoredFile.from_saved(f) for f in gen.files],
+                               execution_seconds=gen.execution_seconds)
+            gen.generation_id, gen.template, gen.values = found.id, found.template, found.params
         return gen
+
+    async def cancel(self, prompt_id: str) -> str:
+        """Cancel a ComfyUI job and mark its history record cancelled."""
+        outcome = await self.service.cancel(prompt_id)
+        if outcome != "already finished":
+            await self._update(await self._by_prompt_id(prompt_id), status="cancelled",
+                               error=f"cancelled ({outcome})")
+        return outcome
+
+    async def _by_prompt_id(self, prompt_id: str) -> GenerationRecord | None:
+        if self.store is None:
+            return None
+        try:
+            return await self._call(partial(self.store.by_prompt_id, prompt_id))
+        except HistoryError as exc:
+            logger.warning("history lookup failed: %s", exc)
+            return None
+
+    async def _update(self, record: GenerationRecord | None, **changes: Any) -> None:
+        if self.store is None or record is None:
+            return
+        try:
+            await self._call(partial(self.store.update_result, record.id, **changes))
+        except HistoryError as exc:
+            logger.warning("history of %s not updated: %s", record.label, exc)
 
     async def refine(
         self,
@@ -187,14 +220,43 @@ class Studio:
             job = await self._img2img_job(base, pick, changes)
         else:
             job = await self._refine_job(base, mode, changes)
+            if pick is None and isinstance(base.params.get("pick"), int):
+                pick = base.params["pick"]  # refining a picked candidate stays on it
+            if pick is not None:
+                await self._pick_from_batch(job, base, pick)
         return await self.run(job, parent=base.id, kind=mode, on_progress=on_progress,
                               wait_limit=wait_limit)
 
+    async def _pick_from_batch(self, job: Prepared, base: GenerationRecord, pick: int) -> None:
+        """Render only candidate ``pick`` of a batch, exactly as it was in the batch.
+
+        ComfyUI draws each batch member's noise by its batch index, so taking index
+        ``pick - 1`` out of the same batch (LatentFromBatch) reproduces that candidate
+        alone; the refinement then changes only what was asked.
+        """
+        sources = _batched_latents(job.graph)
+        if not sources:
+            raise InvalidParameter("pick", f"{base.label} is not a batch of latents to pick "
+                                   "from; leave pick out, or use mode 'img2img'")
+        size = max(batch for _, _, batch in sources)
+        if not 1 <= pick <= min(size, 64):
+            raise InvalidParameter("pick", f"{base.label} made {size} images; pick 1 to "
+                                   f"{min(size, 64)}")
+        info = await self.service.object_info_for({"LatentFromBatch"})
+        if not info:
+            raise InvalidParameter("pick", "this ComfyUI has no LatentFromBatch node")
+        for number, (sampler, link, _) in enumerate(sources):
+            node_id = f"pick{number}"
+            job.graph[node_id] = {"class_type": "LatentFromBatch", "inputs": {
+                "samples": link, "batch_index": pick - 1, "length": 1}}
+            job.graph[sampler]["inputs"]["latent_image"] = [node_id, 0]
+        job.values["pick"] = pick
+
     async def _refine_job(self, base: GenerationRecord, mode: Mode,
                           changes: dict[str, Any]) -> Prepared:
-        values = {**base.params, **changes}
+        values = {k: v for k, v in base.params.items() if k != "pick"} | changes
         if mode == "vary" and "seed" not in changes:
-            values.pop("seed", None)
+            values["seed"] = -1  # random, also where a workflow's own seed is the default
         params = {k: v for k, v in values.items() if "." not in k}
         overrides = {k: v for k, v in values.items() if "." in k}
         if base.template in (None, "workflow"):
@@ -204,7 +266,7 @@ class Studio:
 
     async def _img2img_job(self, base: GenerationRecord, pick: int | None,
                            changes: dict[str, Any]) -> Prepared:
-        source = _picked(base, pick)
+        source = _picked(base, pick, self.service.settings.output_dir)
         data = await anyio.Path(str(source.path)).read_bytes()
         upload = await self.service.upload(data, f"gen{base.id}_{source.path.name}")
         name = upload.get("name", source.path.name)
@@ -245,7 +307,8 @@ class Studio:
         self, a: int, b: int, pick_a: int | None = None, pick_b: int | None = None
     ) -> tuple[images.Preview, str]:
         first, second = await self.get(a), await self.get(b)
-        file_a, file_b = _picked(first, pick_a), _picked(second, pick_b)
+        out = self.service.settings.output_dir
+        file_a, file_b = _picked(first, pick_a, out), _picked(second, pick_b, out)
         blobs = [await anyio.Path(str(f.path)).read_bytes() for f in (file_a, file_b)]
         labels = (f"#{a}" + (f".{pick_a}" if pick_a else ""),
                   f"#{b}" + (f".{pick_b}" if pick_b else ""))
@@ -291,7 +354,27 @@ def record_line(record: GenerationRecord, *, with_note: bool = True) -> str:
     return line + (f"\n      note: {record.note}" if record.note and with_note else "")
 
 
-def _picked(record: GenerationRecord, pick: int | None) -> StoredFile:
+def _batched_latents(graph: Mapping[str, Any]) -> list[tuple[str, list[Any], int]]:
+    """(sampler id, its latent link, batch size) for samplers fed an empty latent batch."""
+    found = []
+    for node_id, node in graph.items():
+        link = node["inputs"].get("latent_image")
+        if not (isinstance(link, list) and len(link) == 2 and link[0] in graph):
+            continue
+        batch = graph[link[0]]["inputs"].get("batch_size")
+        if isinstance(batch, int) and batch > 1:
+            found.append((node_id, link, batch))
+    return found
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def _picked(record: GenerationRecord, pick: int | None, output_dir: Path) -> StoredFile:
     """The pick-th still image of a generation (1-based), which must still be on disk."""
     stills = [f for f in record.files if f.media in ("image", "animation")]
     if not stills:
@@ -300,6 +383,10 @@ def _picked(record: GenerationRecord, pick: int | None) -> StoredFile:
     if not 1 <= index <= len(stills):
         raise InvalidParameter("pick", f"{record.label} has images 1 to {len(stills)}")
     chosen = stills[index - 1]
+    if chosen.path is not None and not _inside(chosen.path, output_dir):
+        # The history file is only as trustworthy as its folder: read nothing outside ours.
+        raise InvalidParameter("pick", f"image {index} of {record.label} is recorded outside "
+                               f"the output folder {output_dir}; it is not read")
     if chosen.path is None or not chosen.exists:
         raise InvalidParameter("pick", f"image {index} of {record.label} is no longer on disk "
                                f"({chosen.path}); pick another or re-run it")

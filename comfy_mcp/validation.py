@@ -93,9 +93,12 @@ def resolve(template: Template, given: Mapping[str, Any], object_info: ObjectInf
     """Check each given parameter and fill defaults, using the server's node definitions."""
     unknown = sorted(set(given) - set(template.parameters))
     if unknown:
-        known = ", ".join(template.parameters)
+        known = ", ".join(template.parameters) or "nothing (set node inputs by '<id>.<input>')"
+        hint = ""
+        if unknown[0] in ("image", "denoise", "mask") and template.name.startswith("txt2img"):
+            hint = " To start from an image, use template 'img2img'."
         raise InvalidParameter(unknown[0], f"template {template.name!r} has no such "
-                               f"parameter; it takes: {known}")
+                               f"parameter; it takes: {known}.{hint}")
     resolved = Resolved()
     for name, param in template.parameters.items():
         specs = _bound_specs(template, param, object_info)
@@ -208,6 +211,8 @@ def _seed(param: Parameter, value: Any, specs: list[list]) -> int:
     low, high = _limits(param, specs)
     low = max(0, int(low) if math.isfinite(low) else 0)
     high = min(_SEED_MAX, int(high) if math.isfinite(high) else _SEED_MAX)
+    if value is None and isinstance(param.default, int) and low <= param.default <= high:
+        return param.default  # a workflow's own seed is kept unless asked otherwise
     if value is None or value == -1:
         top = min(high, _JSON_SAFE_MAX)
         return low + secrets.randbelow(top - low + 1)
@@ -224,15 +229,26 @@ def _choice(param: Parameter, value: Any, specs: list[list], template: Template)
         return value if value is not None else param.default
     what = f"{param.folder or param.name}"
     if value is None:
-        for candidate in (param.default, template.bound_value(param.name)):
+        bound = template.bound_value(param.name)
+        for candidate in (param.default, bound):
             if candidate in options:
                 return candidate
         if not options:
             raise InvalidParameter(param.name, _no_models(what))
+        if isinstance(bound, str) and bound:  # the workflow names one: never swap silently
+            raise InvalidParameter(param.name, f"the workflow uses {bound!r}, which this "
+                                   "ComfyUI does not have. " + _pick_one(bound, options, what))
         return options[0]
     if value not in options:
         raise InvalidParameter(param.name, not_in_list(value, options, what))
     return value
+
+
+def _pick_one(value: Any, options: list[Any], what: str) -> str:
+    guess = closest(value, options)
+    shown = ", ".join(map(str, options[:25])) + (" …" if len(options) > 25 else "")
+    hint = f"Did you mean {guess!r}? " if guess else ""
+    return f"{hint}Pass one of the available {what}: {shown}"
 
 
 def _no_models(what: str) -> str:
@@ -295,10 +311,37 @@ def _value_problem(value: Any, spec: list[Any] | None) -> str | None:
     options = combo_options(spec)
     if options is not None and not opts.get("image_upload") and not opts.get("multiselect"):
         return None if value in options else not_in_list(value, options, "such values")
-    if spec[0] in ("INT", "FLOAT") and isinstance(value, (int, float)):
+    if spec[0] in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{value!r} is not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value} is not a finite number"
+        if spec[0] == "INT" and isinstance(value, float) and not value.is_integer():
+            return f"{value} is not a whole number"
         low, high = opts.get("min"), opts.get("max")
         if isinstance(low, (int, float)) and value < low:
             return f"{value} is below the minimum {low}"
         if isinstance(high, (int, float)) and value > high:
             return f"{value} is above the maximum {high}"
     return None
+
+
+def check_override_inputs(
+    graph: Mapping[str, Any], overrides: Mapping[str, Any], object_info: ObjectInfo
+) -> None:
+    """Refuse ``"<node>.<input>"`` overrides naming an input the node class does not have:
+    ComfyUI would ignore it without a word, and the caller would think it took effect."""
+    for key in overrides:
+        node_id, _, input_name = str(key).partition(".")
+        info = object_info.get(graph[node_id]["class_type"])
+        if not info:
+            continue
+        sections = info.get("input") or {}
+        names = [n for part in ("required", "optional", "hidden")
+                 for n in (sections.get(part) or {})]
+        if input_name not in names:
+            guess = difflib.get_close_matches(input_name, names, n=1)
+            hint = f" Did you mean {node_id}.{guess[0]}?" if guess else ""
+            raise InvalidParameter(key, f"node {node_id} ({graph[node_id]['class_type']}) has "
+                                   f"no input {input_name!r}.{hint} Its inputs: "
+                                   + ", ".join(names))

@@ -22,6 +22,7 @@ Filling a template never touches the network; checks against the server are in
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import logging
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from comfy_mcp.errors import WorkflowError
 logger = logging.getLogger(__name__)
 
 PARAM_TYPES = ("string", "int", "float", "seed", "image", "choice", "model")
+_MAX_TEMPLATE_BYTES = 10 * 2**20
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,15 @@ def load_template(path: Path | str, text: str | None = None) -> Template:
         raise WorkflowError(f"template {path.name} needs a 'graph' object (API format)")
     graph = data["graph"]
     check_api_graph(graph, where=f"template {path.name}")
-    params = {
-        name: _parameter(name, spec, graph, path.name)
-        for name, spec in (data.get("parameters") or {}).items()
-    }
+    if data.get("parameters"):
+        params = {
+            name: _parameter(name, spec, graph, path.name)
+            for name, spec in data["parameters"].items()
+        }
+    else:
+        from comfy_mcp.inference import infer_parameters  # it builds on this module
+
+        params = infer_parameters(graph)
     return Template(path.stem, str(data.get("description", "")), graph, params, str(path))
 
 
@@ -172,6 +179,8 @@ def check_api_graph(graph: Any, *, where: str = "the workflow") -> None:
         if not isinstance(node.get("inputs", {}), dict):
             raise WorkflowError(f"{where}: node {node_id!r} has 'inputs' that is not an object")
         node.setdefault("inputs", {})
+        if "_meta" in node and not isinstance(node["_meta"], dict):
+            del node["_meta"]  # only ever a title holder; anything else is noise
         for value in node["inputs"].values():
             if isinstance(value, list) and len(value) == 2 and not isinstance(value[0], str):
                 raise WorkflowError(f"{where}: node {node_id!r} links to {value!r}; node ids "
@@ -192,7 +201,10 @@ class TemplateLibrary:
         files = self._files()
         if name not in files:
             available = ", ".join(sorted(files)) or "none"
-            raise WorkflowError(f"no workflow template named {name!r}; available: {available}")
+            guess = difflib.get_close_matches(name, files, n=1, cutoff=0.4)
+            hint = f" Did you mean {guess[0]!r}?" if guess else ""
+            raise WorkflowError(f"no workflow template named {name!r}.{hint} Available: "
+                                f"{available}")
         return self._load(files[name])
 
     def all(self) -> list[Template]:
@@ -208,7 +220,9 @@ class TemplateLibrary:
     def _files(self) -> dict[str, Path]:
         files = {p.stem: p for p in _builtin_dir().glob("*.json")}
         if self.user_dir is not None and self.user_dir.is_dir():
-            files.update({p.stem: p for p in sorted(self.user_dir.glob("*.json"))})
+            # Regular files only: reading a FIFO named *.json would block forever.
+            files.update({p.stem: p for p in sorted(self.user_dir.glob("*.json"))
+                          if p.is_file() and p.stat().st_size <= _MAX_TEMPLATE_BYTES})
         return files
 
     def _load(self, path: Path) -> Template:

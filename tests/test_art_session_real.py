@@ -37,6 +37,10 @@ def saved(result: CallToolResult) -> list[Path]:
     return [Path(p) for p in re.findall(r"^\s+\d+\. (/\S+)", text_of(result), re.M)]
 
 
+def max_difference(a: Path, b: Path) -> int:
+    return max(abs(x - y) for x, y in zip(pixels(a), pixels(b), strict=True))
+
+
 def pixels(path: Path) -> bytes:
     with Image.open(path) as image:
         return image.convert("RGB").tobytes()
@@ -49,6 +53,14 @@ async def test_art_session_survives_restart(real_settings, comfyui) -> None:
         gen1 = generation_id(first)
         assert len(saved(first)) == 3
         await call(client, "note", generation=gen1, text="2 is closest; sky too flat")
+
+        alone = await call(client, "refine", generation=gen1, pick=2)
+        assert len(saved(alone)) == 1 and "pick" in text_of(await call(
+            client, "history", generation=generation_id(alone)))
+        # Candidate 2 again: the same noise, so the same picture up to float rounding
+        # (a batch of 1 and a batch of 3 round differently); candidate 1 is far off.
+        assert max_difference(saved(alone)[0], saved(first)[1]) <= 3
+        assert max_difference(saved(alone)[0], saved(first)[0]) > 30
 
         second = await call(client, "refine", generation=gen1, cfg=9.0, steps=2)
         gen2 = generation_id(second)

@@ -12,6 +12,7 @@ from comfy_mcp.errors import (
     ComfyHTTPError,
     ComfyTimeout,
     ComfyUnreachable,
+    InvalidParameter,
     PathRefused,
     PromptRejected,
     UploadTooLarge,
@@ -140,5 +141,26 @@ async def test_view_path_refused() -> None:
     client = client_for(lambda r: httpx.Response(403))
     with pytest.raises(PathRefused):
         await client.view("a.png", "../x")
-    with pytest.raises(PathRefused):
+    with pytest.raises(InvalidParameter, match="not a ComfyUI file type"):
         await client.view("a.png", "", type="secrets")
+
+
+async def test_ids_cannot_change_the_path() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(200, json={})
+
+    client = client_for(handler, "https://proxy.test/comfy")
+    await client.history("../../admin/users?all=1#")
+    await client.object_info("../x")
+    assert seen == ["/comfy/history/..%2F..%2Fadmin%2Fusers%3Fall%3D1%23",
+                    "/comfy/object_info/..%2Fx"]
+
+
+async def test_download_is_capped() -> None:
+    client = client_for(lambda r: httpx.Response(200, content=b"x" * 5000))
+    client.max_download = 1000
+    with pytest.raises(ComfyHTTPError, match="larger than 0 MiB"):
+        await client.view("big.png")

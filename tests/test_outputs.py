@@ -28,9 +28,8 @@ from comfy_mcp.outputs import (
         pytest.param("video\\ltx", "ltx_00001_.png", "video/ltx/ltx_00001_.png", id="windows"),
         pytest.param("2026-05-01", "shot_00001_.png", "2026-05-01/shot_00001_.png", id="date"),
         pytest.param("a//b/", "x.png", "a/b/x.png", id="empty-parts"),
-        pytest.param("", "..hidden..png", "..hidden..png", id="dots-inside-name"),
+        pytest.param("", "a..b.png", "a..b.png", id="dots-inside-name"),
         pytest.param("ünïcødé", "画像.png", "ünïcødé/画像.png", id="unicode"),
-        pytest.param("", "no_extension", "no_extension", id="no-extension"),
     ],
 )
 def test_safe_relative_path(subfolder: str, filename: str, expected: str) -> None:
@@ -106,9 +105,24 @@ def test_identical_resave_dedupes(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["a-1.png", "a.png"]
 
 
-def test_numbered_name_without_extension(tmp_path: Path) -> None:
-    save_output(tmp_path, "", "clip", b"1")
-    assert save_output(tmp_path, "", "clip", b"2").name == "clip-1"
+@pytest.mark.parametrize(
+    ("subfolder", "filename", "reason"),
+    [
+        ("", "CLAUDE.md", "saves only media files"),
+        ("", "run.sh", "saves only media files"),
+        ("", "clip", "files without an extension"),
+        ("", ".bashrc.png", "hidden names"),
+        (".claude", "x.png", "hidden names"),
+        ("", "evil\u202egnp.exe.png", "direction-changing"),
+        ("\u2066..\u2069", "x.png", "direction-changing"),
+        ("", "x.png. ", "ends with a dot or a space"),
+        ("/".join("d" * 9), "x.png", "over 8 folders deep"),
+        ("", "\ud800.png", "invisible"),
+    ],
+)
+def test_hostile_names_refused(subfolder: str, filename: str, reason: str) -> None:
+    with pytest.raises(UnsafePathError, match=reason):
+        safe_relative_path(subfolder, filename)
 
 
 def test_numbered_name_stays_within_limit(tmp_path: Path) -> None:
