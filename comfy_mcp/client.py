@@ -374,6 +374,8 @@ def _problem(node_id: str, class_type: str, title: str | None, err: dict) -> Nod
         message = "a required input is missing"
     elif details and details != input_name:
         message = f"{message}: {details}"
+    if "Invalid image file" in details:
+        message += " (upload the image with upload_image first and use the name it returns)"
     return NodeProblem(node_id, class_type, message, input_name=input_name, title=title)
 
 

@@ -17,10 +17,12 @@ _SHOWN_PARAMS = ("width", "height", "batch_size", "steps", "cfg", "sampler", "sc
 def generation_text(gen: Generation) -> str:
     """What a finished generation made and where it is, first line most important."""
     count = len(gen.files)
-    timing = f"in {gen.elapsed_seconds:.1f} s" if gen.elapsed_seconds else ""
+    timing = []
+    if gen.elapsed_seconds:
+        timing.append(f"in {gen.elapsed_seconds:.1f} s")
     if gen.execution_seconds is not None:
-        timing += f" (ComfyUI ran {gen.execution_seconds:.2f} s)"
-    lines = [f"Done: {count} file{'s' if count != 1 else ''} {timing}".rstrip()]
+        timing.append(f"(ComfyUI ran {gen.execution_seconds:.2f} s)")
+    lines = [" ".join([f"Done: {count} file{'s' if count != 1 else ''}", *timing])]
     if gen.generation_id is not None:
         lines.append(f"generation: #{gen.generation_id}")
     lines.append(f"prompt_id: {gen.prompt_id}")

@@ -121,15 +121,18 @@ async def generate_art(
     ctx: Context,
     prompt: Annotated[str | None, Field(description="What to draw.")] = None,
     negative_prompt: Annotated[str | None, Field(description="What to avoid.")] = None,
-    width: Annotated[int | None, Field(description="Pixels, multiple of 8.")] = None,
-    height: int | None = None,
-    steps: int | None = None,
-    cfg: float | None = None,
-    seed: Annotated[int | None, Field(description="Omit or -1 for random.")] = None,
+    width: Annotated[int | None, Field(description="Pixels, multiple of 8 (default 512).")]
+    = None,
+    height: Annotated[int | None, Field(description="Pixels (default 512).")] = None,
+    steps: Annotated[int | None, Field(description="Default 20; more is slower.")] = None,
+    cfg: Annotated[float | None, Field(description="Prompt adherence, default 7.")] = None,
+    seed: Annotated[int | None, Field(description="-1: random. Omitted: random (a "
+                                      "workflow keeps its own).")] = None,
     sampler: str | None = None,
     scheduler: str | None = None,
     checkpoint: Annotated[str | None, Field(description="Default: first listed.")] = None,
-    batch_size: int | None = None,
+    batch_size: Annotated[int | None, Field(description="Images at once (default 1).")]
+    = None,
     image: Annotated[str | None, Field(description="Input image name from upload_image.")]
     = None,
     denoise: Annotated[float | None, Field(description="img2img: 0 keep .. 1 replace.")]
@@ -283,7 +286,7 @@ async def refine(
     mode: Annotated[Literal["refine", "vary", "img2img", "rerun"], Field(
         description="refine: keep seed, apply changes; vary: new seed; img2img: start "
                     "from the picked image; rerun: exact repeat.")] = "refine",
-    pick: Annotated[int | None, Field(description="Image number in that generation.", ge=1,
+    pick: Annotated[int | None, Field(description="Which image of it (1-based).", ge=1,
                                       le=4096)] = None,
     prompt: str | None = None,
     negative_prompt: str | None = None,

@@ -263,3 +263,25 @@ async def test_cli_generate_unreachable_exits_nonzero(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert f"ComfyUI is not reachable at {url}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_cli_img2img_with_param_then_result(comfyui, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    Image.new("RGB", (64, 48), "navy").save(tmp_path / "start.png")
+    env = dict(os.environ, COMFYUI_URL=comfyui.url, COMFY_MCP_OUTPUT_DIR=str(tmp_path / "out"),
+               COMFY_MCP_DB=str(tmp_path / "h.sqlite3"))
+    base = [sys.executable, "-m", "comfy_mcp"]
+    done = subprocess.run(
+        [*base, "generate", "a boat", "--template", "img2img", "--image", "start.png",
+         "--param", "denoise=0.3", "--param", "3.steps=1", "--checkpoint", CHECKPOINT],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert size_of(Path(done.stdout.strip())) == (64, 48)
+    prompt_id = re.search(r"prompt_id: (\S+)", done.stderr).group(1)
+    again = subprocess.run([*base, "result", prompt_id], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() and "denoise=0.3" in again.stderr
