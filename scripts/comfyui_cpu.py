@@ -344,9 +344,14 @@ def _locked(cache: Path) -> Iterator[None]:
 
 
 def _run(cmd: Sequence[str | os.PathLike[str]], log: Log, **kwargs: Any) -> None:
+    """Run a step quietly; its whole output is shown only if it fails."""
     log("$ " + " ".join(str(c) for c in cmd))
     started = time.monotonic()
-    subprocess.run([str(c) for c in cmd], check=True, stdout=sys.stderr, **kwargs)
+    done = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout)
+        raise subprocess.CalledProcessError(done.returncode, done.args)
     log(f"done in {time.monotonic() - started:.1f} s")
 
 

@@ -56,6 +56,8 @@ def comfyui(url: str) -> Iterator[tuple[str, dict]]:
 async def generate(url: str, prompt: str, params: dict) -> int:
     env = dict(os.environ, COMFYUI_URL=url)
     env.setdefault("COMFY_MCP_OUTPUT_DIR", str(Path.cwd() / "comfy-output"))
+    # The demo's noise pictures stay out of the user's real generation history.
+    env.setdefault("COMFY_MCP_DB", str(Path.cwd() / "comfy-output" / "demo-history.sqlite3"))
     server = StdioServerParameters(command=sys.executable, args=["-m", "comfy_mcp"], env=env)
     started = time.perf_counter()
     async with Client(server) as client:
