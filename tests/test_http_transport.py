@@ -8,6 +8,8 @@ token switched on.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import subprocess
@@ -25,6 +27,7 @@ import uvicorn
 from fakecomfy import FakeComfy
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
 
 from comfy_mcp import cli, http_transport
 from comfy_mcp.config import Settings
@@ -145,14 +148,16 @@ async def running(app: Any, sock: Any) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def mcp_http(fake: FakeComfy, tmp_path: Path, *, token: str | None = None,
-                   guard: bool = True) -> AsyncIterator[str]:
+                   guard: bool = True, **options: Any) -> AsyncIterator[str]:
     """Serve comfy-mcp on a free 127.0.0.1 port; yields the /mcp URL."""
-    settings = Settings(comfyui_url=fake.url, output_dir=tmp_path / "out", wait_limit=5)
+    settings = Settings(comfyui_url=fake.url, output_dir=tmp_path / "out", wait_limit=5,
+                        **options)
     sock = http_transport.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = build_server(settings)
     if guard:
-        app = build_app(server, host="127.0.0.1", port=port, token=token)
+        app = build_app(server, host="127.0.0.1", port=port, token=token,
+                        max_body_bytes=http_transport.body_limit(settings.upload_max_bytes))
     else:  # the SDK's own Host/Origin check alone
         app = server.streamable_http_app(
             transport_security=http_transport.transport_security("127.0.0.1", port))
@@ -175,6 +180,19 @@ async def test_mcp_works_over_http(fake: FakeComfy, tmp_path: Path) -> None:
             "prompt": "a fox", "width": 64, "height": 64, "steps": 2, "seed": 5})
         assert not result.is_error, result.content[0].text
         assert any(c.type == "image" for c in result.content)
+
+
+async def test_large_base64_upload_fits_the_body_limit(fake: FakeComfy, tmp_path: Path) -> None:
+    """The SDK's default 4 MiB body limit would refuse an upload_image of 3.6 MB."""
+    buffer = io.BytesIO()
+    Image.effect_noise((1100, 1100), 60).convert("RGB").save(buffer, "BMP")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    assert len(data) > 4 * 2**20
+    async with mcp_http(fake, tmp_path, upload_max_bytes=8 * 2**20) as url, \
+            Client(url) as client:
+        result = await client.call_tool("upload_image", {"data": data, "filename": "big.bmp"})
+    assert not result.is_error, result.content[0].text
+    assert fake.files[("input", "", "big.bmp")] == buffer.getvalue()
 
 
 @pytest.mark.parametrize("guard", [True, False], ids=["full", "sdk-only"])
