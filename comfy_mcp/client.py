@@ -13,10 +13,10 @@ import json
 import logging
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -136,6 +136,9 @@ class ComfyClient:
         if type not in _FILE_TYPES:
             raise InvalidParameter("type", f"{type!r} is not a ComfyUI file type; it is one of "
                                    "output, input or temp")
+        return await _retrying(lambda: self._view_once(filename, subfolder, type))
+
+    async def _view_once(self, filename: str, subfolder: str, type: str) -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": type}
         url = self.url("/view")
         deadline = max(self.timeout * 4, 120.0)
@@ -176,6 +179,13 @@ class ComfyClient:
     async def _send(
         self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs: Any
     ) -> httpx.Response:
+        if method != "GET":
+            return await self._send_once(method, path, expect, **kwargs)
+        return await _retrying(lambda: self._send_once(method, path, expect, **kwargs))
+
+    async def _send_once(
+        self, method: str, path: str, expect: tuple[int, ...], **kwargs: Any
+    ) -> httpx.Response:
         url = self.url(path)
         # httpx's timeout is per read; a server that drips bytes needs a total deadline too.
         with _translate_errors(url, self.timeout), anyio.fail_after(self.timeout * 2):
@@ -202,6 +212,31 @@ def _translate_errors(url: str, timeout: float) -> Iterator[None]:
         raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
     except httpx.TransportError as exc:
         raise ComfyUnreachable(_origin(url), _reason(exc)) from exc
+
+
+_RETRY_DELAYS = (0.25, 1.0)
+_PROXY_BLIPS = (502, 503, 504)
+
+T = TypeVar("T")
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a read-only request, again after a short pause if a proxy in front of ComfyUI
+    blipped (502/503/504) or the connection broke mid-way. Refused connections and
+    timeouts are not retried: they would only make the error arrive later."""
+    for delay in _RETRY_DELAYS:
+        try:
+            return await attempt()
+        except ComfyHTTPError as exc:
+            if exc.status not in _PROXY_BLIPS:
+                raise
+            logger.info("retrying after HTTP %s from %s", exc.status, exc.url)
+        except ComfyUnreachable as exc:
+            if "refused" in exc.reason or "not found" in exc.reason:
+                raise
+            logger.info("retrying after a broken connection: %s", exc.reason)
+        await anyio.sleep(delay)
+    return await attempt()
 
 
 def _segment(value: str) -> str:

@@ -164,3 +164,20 @@ async def test_download_is_capped() -> None:
     client.max_download = 1000
     with pytest.raises(ComfyHTTPError, match="larger than 0 MiB"):
         await client.view("big.png")
+
+
+async def test_reads_retry_a_proxy_blip_writes_do_not() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) == 1:
+            return httpx.Response(502, text="<h1>502 Bad Gateway</h1>")
+        return httpx.Response(200, json={"queue_running": [], "queue_pending": []})
+
+    assert await client_for(handler).queue() == {"queue_running": [], "queue_pending": []}
+    assert calls == ["GET", "GET"]
+    calls.clear()
+    with pytest.raises(ComfyHTTPError, match="502"):
+        await client_for(handler).interrupt("p")
+    assert calls == ["POST"]
