@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,16 @@ logger = logging.getLogger(__name__)
 _EXCERPT = 200
 _MAX_DOWNLOAD = 512 * 2**20
 _FILE_TYPES = ("output", "input", "temp")
+
+
+class _Shared:
+    """One request whose answer several callers wait for."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.ok = False
+        self.value: Any = None
+        self.error: Exception | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +82,13 @@ class ComfyClient:
         self.headers = dict(headers or {})
         self.max_download = _MAX_DOWNLOAD
         self._owns_http = http is None
+        self._in_flight: dict[str, _Shared] = {}
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             headers=self.headers,
             follow_redirects=False,
             trust_env=False,
+            verify=_tls_for(self.base_url),
         )
 
     async def __aenter__(self) -> ComfyClient:
@@ -95,7 +108,7 @@ class ComfyClient:
 
     async def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         path = "/object_info" if class_type is None else f"/object_info/{_segment(class_type)}"
-        return await self._json("GET", path)
+        return await self._shared_json(path)
 
     async def models(self, folder: str) -> list[str]:
         """File names in one model folder (``checkpoints``, ``loras``, ...)."""
@@ -105,7 +118,7 @@ class ComfyClient:
         return await self._json("GET", "/models")
 
     async def queue(self) -> dict[str, Any]:
-        return await self._json("GET", "/queue")
+        return await self._shared_json("/queue")
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of one prompt, or None while ComfyUI has none."""
@@ -173,6 +186,29 @@ class ComfyClient:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    async def _shared_json(self, path: str) -> Any:
+        """GET ``path``; callers asking while a request for it is out share its answer,
+        which they must not change. Many jobs followed at once then cost one request."""
+        shared = self._in_flight.get(path)
+        if shared is not None:
+            await shared.done.wait()
+            if shared.error is not None:
+                raise shared.error
+            if shared.ok:
+                return shared.value
+            return await self._shared_json(path)  # its caller was cancelled: ask again
+        shared = self._in_flight[path] = _Shared()
+        try:
+            shared.value = await self._json("GET", path)
+            shared.ok = True
+            return shared.value
+        except Exception as exc:
+            shared.error = exc
+            raise
+        finally:
+            del self._in_flight[path]
+            shared.done.set()
+
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return _parse_json(await self._send(method, path, **kwargs))
 
@@ -194,6 +230,15 @@ class ComfyClient:
         if response.status_code not in expect:
             raise _status_error(method, response)
         return response
+
+
+def _tls_for(base_url: str) -> ssl.SSLContext | bool:
+    """Verify certificates for https. For plain http no TLS is ever negotiated (redirects
+    are not followed), so give httpx a context without the CA store, whose loading is
+    about 20 ms of every start-up; that context trusts nothing and could never connect."""
+    if urlsplit(base_url).scheme == "https":
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 @contextmanager

@@ -255,7 +255,10 @@ class JobFollower:
         """One polling round: queue first, then history (see module docstring)."""
         try:
             queue = await self.client.queue()
-            entry = await self.client.history(self.watch.prompt_id)
+            # A job still waiting in the queue has no history yet: skip that request.
+            place = _queue_position(queue, self.watch.prompt_id)
+            waiting = place is not None and place[0] > 0
+            entry = None if waiting else await self.client.history(self.watch.prompt_id)
         except _TRANSIENT as exc:
             now = anyio.current_time()
             if self._unreachable is None:

@@ -351,20 +351,29 @@ class ComfyService:
     async def collect(
         self, result: JobResult, template: str | None, values: dict[str, Any], notes: list[str]
     ) -> Generation:
-        """Download every output, save it, and build previews of the still images."""
+        """Download every output, then save the files and build previews at the same time."""
         saved: list[SavedFile] = [SavedFile(f, None) for f in result.files]
         blobs: dict[int, bytes] = {}
 
         async def fetch(index: int) -> None:
-            blobs[index] = await self._save(saved[index], result.prompt_id)
+            blobs[index] = await self._download(saved[index], result.prompt_id)
 
         await concurrently(fetch(index) for index in range(len(saved)))
         stills = [blobs[i] for i, s in enumerate(saved)
                   if s.output.media in ("image", "animation") and blobs[i]]
-        previews = []
-        if stills:
-            previews = await anyio.to_thread.run_sync(_previews, stills, limiter=self._decoding)
-        if len(previews) and len(stills) > 1 and len(previews) - 1 < len(stills):
+        previews: list[images.Preview] = []
+
+        async def preview() -> None:
+            made = await anyio.to_thread.run_sync(_previews, stills, limiter=self._decoding)
+            previews.extend(made)
+
+        async def store(index: int) -> None:
+            await self._store(saved[index], blobs[index], result.prompt_id)
+
+        # Writing a file (with its fsync) and decoding an image both leave the GIL.
+        work = [store(index) for index in range(len(saved)) if blobs[index]]
+        await concurrently(work + ([preview()] if stills else []))
+        if previews and len(stills) > 1 and len(previews) - 1 < len(stills):
             notes.append(f"{len(stills) - len(previews) + 1} of {len(stills)} images have no "
                          "single preview (over the result size budget); all are saved")
         return Generation(
@@ -372,23 +381,30 @@ class ComfyService:
             result.cached, result.execution_seconds,
         )
 
-    async def _save(self, item: SavedFile, prompt_id: str) -> bytes:
+    async def _download(self, item: SavedFile, prompt_id: str) -> bytes:
         out = item.output
         try:
-            data = await self.client.view(out.filename, out.subfolder, out.type)
+            return await self.client.view(out.filename, out.subfolder, out.type)
+        except ComfyError as exc:
+            item.error = _file_error(exc, out)
+            logger.warning("could not fetch %s of %s: %s", out.filename, prompt_id, exc)
+            return b""
+
+    async def _store(self, item: SavedFile, data: bytes, prompt_id: str) -> None:
+        out = item.output
+        try:
             item.path = await anyio.to_thread.run_sync(
                 outputs.save_output, self.settings.output_dir, out.subfolder, out.filename, data
             )
-        except (ComfyError, ValueError, OSError) as exc:
+        except (ValueError, OSError) as exc:
             item.error = _file_error(exc, out)
             logger.warning("could not save %s of %s: %s", out.filename, prompt_id, exc)
-            return b""
+            return
         if out.media == "image":
             try:
                 _, item.width, item.height = images.probe(data)
             except ValueError:
                 pass
-        return data
 
     async def upload(self, data: bytes, filename: str) -> dict[str, Any]:
         """Send image bytes to ComfyUI's input folder (the bytes must decode as an image)."""
