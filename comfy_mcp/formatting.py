@@ -100,9 +100,10 @@ def _item(item: Any) -> bool:
 
 def _job(item: list[Any], own: set[str]) -> str:
     graph = item[2] if isinstance(item[2], dict) else {}
-    classes = [n.get("class_type") for n in graph.values() if isinstance(n, dict)]
-    texts = [n["inputs"]["text"] for n in graph.values()
-             if isinstance(n, dict) and isinstance((n.get("inputs") or {}).get("text"), str)]
+    nodes = [n for n in graph.values() if isinstance(n, dict)]
+    inputs = [n["inputs"] for n in nodes if isinstance(n.get("inputs"), dict)]
+    classes = [n.get("class_type") for n in nodes]
+    texts = [i["text"] for i in inputs if isinstance(i.get("text"), str)]
     summary = f"{len(classes)} nodes"
     if texts and texts[0]:
         summary += f', prompt "{_clip(texts[0], 60)}"'
