@@ -10,8 +10,8 @@ from comfy_mcp.service import Generation
 from comfy_mcp.validation import combo_options, input_spec
 from comfy_mcp.workflows import Template
 
-_SHOWN_PARAMS = ("width", "height", "batch_size", "steps", "cfg", "sampler", "scheduler",
-                 "denoise", "checkpoint")
+# The prompts are the caller's own words and the seed has its own line.
+_UNSHOWN = ("prompt", "negative_prompt", "seed")
 
 
 def generation_text(gen: Generation) -> str:
@@ -28,7 +28,7 @@ def generation_text(gen: Generation) -> str:
     lines.append(f"prompt_id: {gen.prompt_id}")
     if "seed" in gen.values:
         lines.append(f"seed: {gen.values['seed']}")
-    shown = [f"{k}={gen.values[k]}" for k in _SHOWN_PARAMS if k in gen.values]
+    shown = [f"{k}={_clip(str(v), 60)}" for k, v in gen.values.items() if k not in _UNSHOWN]
     if gen.template:
         shown.insert(0, f"template={gen.template}")
     if shown:

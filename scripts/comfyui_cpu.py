@@ -315,13 +315,17 @@ def _checkpoint_ok(cache: Path) -> bool:
     return p["checkpoint"].is_file() and _read_text(p["stamp"]) == _generator_hash()
 
 
+def _upscaler_ok(cache: Path) -> bool:
+    return (_paths(cache)["data"] / UPSCALER).is_file()
+
+
 def _is_ready(cache: Path) -> Install | None:
     """The install if nothing needs doing: a few stats and small reads, no subprocess."""
     marker = _read_marker(cache)
     if marker is None:
         return None
     shim_ok = _read_text(_paths(cache)["shim"] / "sitecustomize.py") == SHIM
-    if not (shim_ok and _checkpoint_ok(cache)):
+    if not (shim_ok and _checkpoint_ok(cache) and _upscaler_ok(cache)):
         return None
     return _install_from_marker(cache, marker)
 
@@ -432,6 +436,34 @@ def _server_env(install: Install) -> dict[str, str]:
     return env
 
 
+UPSCALER = "models/upscale_models/tiny-compact-x2.safetensors"
+# A RealESRGAN-Compact (SRVGG) network with random weights, built with spandrel's own class
+# so that ComfyUI's UpscaleModelLoader recognises it: 2x, 8 features, 2 convolutions.
+_UPSCALER_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+from spandrel.architectures.Compact import Compact
+torch.manual_seed(0)
+net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+save_file({k: v.contiguous() for k, v in net.state_dict().items()}, sys.argv[1])
+"""
+
+
+def make_upscale_model(install: Install, *, log: Log = print_to_stderr) -> Path:
+    """A tiny random-weight 2x upscale model, so upscale-with-model graphs run here."""
+    target = install.data_dir / UPSCALER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        _run([install.python, "-c", _UPSCALER_SCRIPT, tmp], log, env=_server_env(install),
+             cwd=install.cache_dir)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log(f"upscale model {target} ({target.stat().st_size / 1e3:.0f} kB)")
+    return target
+
+
 def make_checkpoint(install: Install, *, log: Log = print_to_stderr) -> Path:
     """(Re)generate the tiny SD1.5 checkpoint inside the ComfyUI venv; atomic replace."""
     target = install.checkpoint
@@ -476,6 +508,8 @@ def ensure_installed(
         install = _install_from_marker(cache, marker)
         if not _checkpoint_ok(cache):
             make_checkpoint(install, log=log)
+        if not _upscaler_ok(cache):
+            make_upscale_model(install, log=log)
         return install
 
 

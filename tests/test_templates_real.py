@@ -94,13 +94,18 @@ async def test_upscale_without_model(real_client, workdir: Path) -> None:
         assert big.convert("RGB").getpixel((10, 10)) == (255, 165, 0)
 
 
-async def test_upscale_model_refused_when_none_installed(real_client, workdir: Path) -> None:
-    name = await upload(real_client, workdir, "small.png", Image.new("RGB", (8, 8), "red"))
-    result = await real_client.call_tool("generate_art",
-                                         {"template": "upscale_model", "image": name})
-    assert result.is_error
-    assert ("Parameter 'upscale_model': this ComfyUI has no upscale_models installed. Put a "
-            "model file in ComfyUI's models/upscale_models folder") in text_of(result)
+async def test_upscale_with_model(real_client, workdir: Path) -> None:
+    """A random-weight 2x RealESRGAN-Compact network made by scripts/comfyui_cpu.py."""
+    name = await upload(real_client, workdir, "small.png", noise(32, 24))
+    result = await call(real_client, "generate_art", template="upscale_model", image=name)
+    assert size_of(saved(result)[0]) == (64, 48)
+    assert "upscale_model=tiny-compact-x2.safetensors" in text_of(result)
+    wrong = await real_client.call_tool("generate_art", {
+        "template": "upscale_model", "image": name,
+        "params": {"upscale_model": "tiny-compact-x4.safetensors"}})
+    assert wrong.is_error
+    assert ("Parameter 'upscale_model': 'tiny-compact-x4.safetensors' is not available. Did "
+            "you mean 'tiny-compact-x2.safetensors'?") in text_of(wrong)
 
 
 async def test_sdxl_variant_runs(real_client) -> None:
