@@ -35,7 +35,7 @@ for _folder in (REPO_DIR / "scripts", REPO_DIR / "tests"):
         sys.path.insert(0, str(_folder))
 
 # The order sections keep in RESULTS.md, whatever order the benchmarks run in.
-SECTIONS = ("overhead", "side_by_side", "concurrency", "cold_start", "result_size")
+SECTIONS = ("overhead", "side_by_side", "concurrency", "cold_start", "result_size", "soak")
 
 
 # -- options every benchmark takes ------------------------------------------------------------

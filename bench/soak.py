@@ -447,7 +447,13 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         if child.poll() is None:
             child.kill()
-    print(report(soak, extra, fake, seconds))
+    table_text = report(soak, extra, fake, seconds)
+    print(table_text)
+    if soak.jobs >= 1000:  # the figure; shorter runs are for trying things out
+        import _common
+
+        _common.update_results("soak", f"## 6. Soak (`bench/soak.py`)\n\n"
+                               f"Run {_common.stamp()}.\n\n{table_text}\n")
     for line in soak.growth:
         print("grew:", line)
     if args.details:
