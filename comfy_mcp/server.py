@@ -219,7 +219,7 @@ async def list_nodes(
             if node not in info:
                 raise ToolError(f"ComfyUI has no node class {node!r}; use search to find one")
             return formatting.node_detail_text(node, info[node])
-        info = await service.full_object_info()
+        info = await service.client.object_info()
     return formatting.node_list_text(info, search, category, limit)
 
 

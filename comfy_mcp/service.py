@@ -45,7 +45,7 @@ from comfy_mcp.jobs import (
     queue_items,
     result_from_history,
 )
-from comfy_mcp.validation import ObjectInfo, check_graph, check_override_inputs, resolve
+from comfy_mcp.validation import check_graph, check_override_inputs, resolve
 from comfy_mcp.workflows import Template, TemplateLibrary, check_api_graph
 
 logger = logging.getLogger(__name__)
@@ -411,11 +411,6 @@ class ComfyService:
         images.probe(data)
         return await self.client.upload_image(data, filename)
 
-    async def checkpoints(self) -> list[str]:
-        return await self.client.models("checkpoints")
-
-    async def full_object_info(self) -> ObjectInfo:
-        return await self.client.object_info()
 
 
 async def concurrently(coroutines: Iterable[Coroutine[Any, Any, None]]) -> None:

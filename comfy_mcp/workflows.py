@@ -26,7 +26,7 @@ import difflib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -114,9 +114,6 @@ class Template:
         """The value the graph itself holds for a parameter (its first binding)."""
         binding = self.parameters[name].bindings[0]
         return self.graph[binding.node_id]["inputs"].get(binding.input_name)
-
-    def with_parameters(self, parameters: Mapping[str, Parameter]) -> Template:
-        return replace(self, parameters=dict(parameters))
 
 
 def load_template(path: Path | str, text: str | None = None) -> Template:
